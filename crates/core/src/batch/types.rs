@@ -1,0 +1,369 @@
+//! batch-settlement wire types: channel config, vouchers, the `deposit` / `voucher` / `refund`
+//! client payloads, the server-authored `claim` / `settle` payloads, the 402 `extra`, and the
+//! channel snapshots carried in corrective 402s and payment responses.
+
+use alloy_primitives::{Address, B256, Bytes, U256};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::amount::{opt_u128_dec, u64_num, u128_dec, u256_dec};
+use crate::hexser;
+
+/// The immutable parameters of a channel; their EIP-712 hash is the channel id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelConfig {
+    /// Who deposits and gets refunds.
+    #[serde(with = "hexser::address")]
+    pub payer: Address,
+    /// EOA that signs vouchers, or zero for EIP-1271 verification against `payer`.
+    #[serde(with = "hexser::address")]
+    pub payer_authorizer: Address,
+    /// Who is paid.
+    #[serde(with = "hexser::address")]
+    pub receiver: Address,
+    /// Who authorizes claims and refunds.
+    #[serde(with = "hexser::address")]
+    pub receiver_authorizer: Address,
+    /// The ERC-20 token.
+    #[serde(with = "hexser::address")]
+    pub token: Address,
+    /// Seconds a timed withdrawal waits (a `uint40` on chain).
+    #[serde(with = "u64_num")]
+    pub withdraw_delay: u64,
+    /// Distinguishes otherwise identical channels.
+    #[serde(with = "hexser::b256")]
+    pub salt: B256,
+}
+
+/// A signed cumulative voucher as carried in client payloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoucherFields {
+    /// The channel.
+    #[serde(with = "hexser::b256")]
+    pub channel_id: B256,
+    /// Cumulative ceiling the receiver may claim.
+    #[serde(with = "u128_dec")]
+    pub max_claimable_amount: u128,
+    /// EIP-712 signature of `Voucher(channelId, maxClaimableAmount)`.
+    #[serde(with = "hexser::bytes")]
+    pub signature: Bytes,
+}
+
+/// An ERC-3009 `receiveWithAuthorization` signed by the payer for the deposit collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Erc3009Authorization {
+    /// Not valid before this unix time.
+    #[serde(with = "u256_dec")]
+    pub valid_after: U256,
+    /// Not valid at or after this unix time.
+    #[serde(with = "u256_dec")]
+    pub valid_before: U256,
+    /// Salt hashed with the channel id into the ERC-3009 nonce.
+    #[serde(with = "salt_word")]
+    pub salt: U256,
+    /// The payer's signature (65 bytes, or EIP-1271 / ERC-6492 bytes).
+    #[serde(with = "hexser::bytes")]
+    pub signature: Bytes,
+}
+
+/// How the deposit's tokens are authorized; exactly one of the two is present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DepositAuthorization {
+    /// ERC-3009 path (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erc3009_authorization: Option<Erc3009Authorization>,
+    /// Permit2 path; carried but not executed by paychan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit2_authorization: Option<serde_json::Value>,
+}
+
+/// The deposit part of a `deposit` payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deposit {
+    /// Tokens to move into the channel.
+    #[serde(with = "u128_dec")]
+    pub amount: u128,
+    /// Their authorization.
+    pub authorization: DepositAuthorization,
+}
+
+/// `type: "deposit"`: open or top up a channel and pay for this request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DepositPayload {
+    /// The channel.
+    pub channel_config: ChannelConfig,
+    /// The voucher paying for this request.
+    pub voucher: VoucherFields,
+    /// The deposit.
+    pub deposit: Deposit,
+}
+
+/// `type: "voucher"`: pay for this request from the channel's balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoucherPayload {
+    /// The channel.
+    pub channel_config: ChannelConfig,
+    /// The voucher.
+    pub voucher: VoucherFields,
+}
+
+/// One claim row sent to the escrow (`VoucherClaim` on chain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRow {
+    /// The voucher being claimed.
+    pub voucher: ClaimVoucher,
+    /// The payer's voucher signature.
+    #[serde(with = "hexser::bytes")]
+    pub signature: Bytes,
+    /// Cumulative amount claimed after this row.
+    #[serde(with = "u128_dec")]
+    pub total_claimed: u128,
+}
+
+/// The voucher part of a claim row (`Voucher{channel, maxClaimableAmount}` on chain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimVoucher {
+    /// The channel's full config.
+    pub channel: ChannelConfig,
+    /// The voucher's ceiling.
+    #[serde(with = "u128_dec")]
+    pub max_claimable_amount: u128,
+}
+
+/// `type: "refund"`: a cooperative refund. Clients send the first three fields; the server
+/// completes the rest before handing it to a facilitator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundPayload {
+    /// The channel.
+    pub channel_config: ChannelConfig,
+    /// A zero-charge voucher: its ceiling equals the charged total.
+    pub voucher: VoucherFields,
+    /// Partial refund amount; absent for a full refund.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_u128_dec"
+    )]
+    pub amount: Option<u128>,
+    /// Server-completed: the on-chain refund nonce to sign for.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_u256_dec"
+    )]
+    pub refund_nonce: Option<U256>,
+    /// Server-completed: claims to make before refunding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Vec<ClaimRow>>,
+    /// Server-completed: the receiver authorizer's `Refund` signature.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub refund_authorizer_signature: Option<Bytes>,
+    /// Server-completed: the receiver authorizer's `ClaimBatch` signature.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub claim_authorizer_signature: Option<Bytes>,
+}
+
+/// `type: "claim"`: the server asks a facilitator to claim vouchers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimPayload {
+    /// The rows, all sharing one receiver authorizer.
+    pub claims: Vec<ClaimRow>,
+    /// The receiver authorizer's `ClaimBatch` signature, when the server holds that key.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub claim_authorizer_signature: Option<Bytes>,
+}
+
+/// `type: "settle"`: the server asks a facilitator to sweep claimed funds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettleActionPayload {
+    /// Receiver to pay.
+    #[serde(with = "hexser::address")]
+    pub receiver: Address,
+    /// Token to sweep.
+    #[serde(with = "hexser::address")]
+    pub token: Address,
+}
+
+/// Any batch-settlement payload, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BatchPayload {
+    /// Open or top up, and pay.
+    Deposit(DepositPayload),
+    /// Pay from balance.
+    Voucher(VoucherPayload),
+    /// Cooperative refund.
+    Refund(RefundPayload),
+    /// Server → facilitator: claim.
+    Claim(ClaimPayload),
+    /// Server → facilitator: settle.
+    Settle(SettleActionPayload),
+}
+
+impl BatchPayload {
+    /// The `type` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BatchPayload::Deposit(_) => "deposit",
+            BatchPayload::Voucher(_) => "voucher",
+            BatchPayload::Refund(_) => "refund",
+            BatchPayload::Claim(_) => "claim",
+            BatchPayload::Settle(_) => "settle",
+        }
+    }
+
+    /// The channel config and voucher of a client payload.
+    pub fn channel_and_voucher(&self) -> Option<(&ChannelConfig, &VoucherFields)> {
+        match self {
+            BatchPayload::Deposit(p) => Some((&p.channel_config, &p.voucher)),
+            BatchPayload::Voucher(p) => Some((&p.channel_config, &p.voucher)),
+            BatchPayload::Refund(p) => Some((&p.channel_config, &p.voucher)),
+            BatchPayload::Claim(_) | BatchPayload::Settle(_) => None,
+        }
+    }
+}
+
+/// A channel snapshot: the mirrored on-chain state, plus the server's charged total when the
+/// server sends it (`extra.channelState` of corrective 402s and payment responses; `extra` of a
+/// facilitator's `/verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSnapshot {
+    /// The channel.
+    #[serde(with = "hexser::b256")]
+    pub channel_id: B256,
+    /// Balance on chain.
+    #[serde(with = "u128_dec")]
+    pub balance: u128,
+    /// Claimed on chain.
+    #[serde(with = "u128_dec")]
+    pub total_claimed: u128,
+    /// Unix seconds a timed withdrawal started, 0 if none.
+    #[serde(with = "u64_num")]
+    pub withdraw_requested_at: u64,
+    /// Next refund nonce.
+    #[serde(with = "u256_dec")]
+    pub refund_nonce: U256,
+    /// The server's charged cumulative amount.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_u128_dec"
+    )]
+    pub charged_cumulative_amount: Option<u128>,
+}
+
+/// The server's last signed voucher, in a corrective 402 (`extra.voucherState`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoucherState {
+    /// Ceiling of that voucher.
+    #[serde(with = "u128_dec")]
+    pub signed_max_claimable: u128,
+    /// Its signature.
+    #[serde(with = "hexser::bytes")]
+    pub signature: Bytes,
+}
+
+/// `extra` of batch-settlement payment requirements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchExtra {
+    /// Signs claims and refunds; becomes `ChannelConfig.receiverAuthorizer`.
+    #[serde(with = "hexser::address")]
+    pub receiver_authorizer: Address,
+    /// Becomes `ChannelConfig.withdrawDelay`.
+    #[serde(with = "u64_num")]
+    pub withdraw_delay: u64,
+    /// The token's EIP-712 domain name.
+    pub name: String,
+    /// The token's EIP-712 domain version.
+    pub version: String,
+    /// `eip3009` (default) or `permit2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_transfer_method: Option<String>,
+    /// Corrective 402 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_state: Option<ChannelSnapshot>,
+    /// Corrective 402 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voucher_state: Option<VoucherState>,
+}
+
+/// `extra` of a batch-settlement payment response or facilitator settle response.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseExtra {
+    /// What this request was charged (absent for refunds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_u128_dec"
+    )]
+    pub charged_amount: Option<u128>,
+    /// The channel after the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_state: Option<ChannelSnapshot>,
+}
+
+mod opt_u256_dec {
+    use super::*;
+    pub(super) fn serialize<S: Serializer>(v: &Option<U256>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => crate::amount::u256_dec::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<U256>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "crate::amount::u256_dec")] U256);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+mod opt_bytes {
+    use super::*;
+    pub(super) fn serialize<S: Serializer>(v: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => hexser::bytes::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "hexser::bytes")] Bytes);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+/// The ERC-3009 salt: a `uint256` that clients write as 32-byte `0x` hex (decimal also read).
+mod salt_word {
+    use super::*;
+    pub(super) fn serialize<S: Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&B256::from(*v))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        if let Some(hex) = s.strip_prefix("0x") {
+            if hex.is_empty() || hex.len() > 64 {
+                return Err(serde::de::Error::custom(
+                    "salt must be at most 32 bytes of hex",
+                ));
+            }
+            U256::from_str_radix(hex, 16).map_err(serde::de::Error::custom)
+        } else {
+            crate::amount::parse_u256(&s).map_err(serde::de::Error::custom)
+        }
+    }
+}
