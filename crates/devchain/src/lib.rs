@@ -1,0 +1,314 @@
+//! A dev chain for paychan tests and `paychan dev`.
+//!
+//! [`DevChain::start`] runs anvil (the native binary from the pinned npm package, or
+//! `$PAYCHAN_ANVIL`), deploys paychan's contracts and places them at the canonical batch-settlement
+//! addresses (the reference SDK hard-codes them), puts a Multicall3-compatible reader at its
+//! canonical address, deploys the dev stablecoin and mints it to the deterministic dev accounts.
+//! Dropping the [`DevChain`] kills anvil; a watchdog kills it too if the test process dies without
+//! unwinding (SIGKILL, abort), so no anvil outlives its test.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`process`] | finding, starting and reaping anvil |
+//! | [`accounts`] | the deterministic dev accounts and their roles |
+
+pub mod accounts;
+pub mod process;
+
+use std::time::Duration;
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, Bytes, U256, address},
+    providers::{DynProvider, Provider, ProviderBuilder, ext::AnvilApi},
+};
+use paychan_bindings::{BatchSettlement, DevStablecoin, ERC3009DepositCollector, Multicall3};
+
+pub use accounts::{DevAccount, Role};
+pub use process::{AnvilProcess, find_anvil};
+
+/// Canonical batch-settlement escrow address.
+pub const ESCROW: Address = address!("4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
+/// Canonical ERC-3009 deposit collector address.
+pub const ERC3009_COLLECTOR: Address = address!("4020806089470a89826cB9fB1f4059150b550004");
+/// Canonical Multicall3 address.
+pub const MULTICALL3: Address = address!("cA11bde05977b3631167028862bE2a173976CA11");
+
+/// Errors starting or driving the dev chain.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// anvil could not be found or started.
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    /// An RPC call failed.
+    #[error("dev chain RPC failed: {0}")]
+    Rpc(#[from] alloy::transports::TransportError),
+    /// A contract call failed.
+    #[error("dev chain contract call failed: {0}")]
+    Contract(#[from] alloy::contract::Error),
+    /// A transaction did not confirm.
+    #[error("dev chain transaction failed: {0}")]
+    Pending(#[from] alloy::providers::PendingTransactionError),
+    /// Deployment produced no contract.
+    #[error("dev chain deployment failed: {0}")]
+    Deploy(String),
+}
+
+/// `Result` with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to start a dev chain.
+#[derive(Debug, Clone)]
+pub struct DevChainConfig {
+    /// Chain id (default 31337, anvil's).
+    pub chain_id: u64,
+    /// Dev token EIP-712 name (default `USD Coin`, like USDC).
+    pub token_name: String,
+    /// Dev token symbol (default `USDC`).
+    pub token_symbol: String,
+    /// Dev token EIP-712 version (default `2`, like USDC).
+    pub token_version: String,
+    /// Tokens minted to every dev account, atomic units (default 1,000,000 tokens of 6 decimals).
+    pub mint_per_account: u128,
+    /// Port to listen on; 0 picks a free one (default).
+    pub port: u16,
+    /// Seconds between blocks; `None` mines a block per transaction (default).
+    pub block_time: Option<u64>,
+}
+
+impl Default for DevChainConfig {
+    fn default() -> Self {
+        Self {
+            chain_id: 31337,
+            token_name: "USD Coin".into(),
+            token_symbol: "USDC".into(),
+            token_version: "2".into(),
+            mint_per_account: 1_000_000 * 1_000_000,
+            port: 0,
+            block_time: None,
+        }
+    }
+}
+
+/// Addresses of the deployed contracts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevContracts {
+    /// The batch-settlement escrow.
+    pub escrow: Address,
+    /// The ERC-3009 deposit collector.
+    pub erc3009_collector: Address,
+    /// The Multicall3 reader.
+    pub multicall3: Address,
+    /// The dev stablecoin.
+    pub token: Address,
+}
+
+/// A running dev chain with paychan's contracts deployed.
+pub struct DevChain {
+    process: AnvilProcess,
+    config: DevChainConfig,
+    contracts: DevContracts,
+    provider: DynProvider,
+}
+
+impl std::fmt::Debug for DevChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevChain")
+            .field("rpc_url", &self.process.rpc_url())
+            .field("chain_id", &self.config.chain_id)
+            .field("contracts", &self.contracts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevChain {
+    /// Starts a dev chain with the default configuration.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(DevChainConfig::default()).await
+    }
+
+    /// Starts a dev chain.
+    pub async fn start_with(config: DevChainConfig) -> Result<Self> {
+        let mut args = vec![
+            "--chain-id".to_owned(),
+            config.chain_id.to_string(),
+            "--accounts".to_owned(),
+            accounts::COUNT.to_string(),
+            "--hardfork".to_owned(),
+            "prague".to_owned(),
+        ];
+        if let Some(bt) = config.block_time {
+            args.extend(["--block-time".to_owned(), bt.to_string()]);
+        }
+        let process = AnvilProcess::spawn(&find_anvil()?, config.port, &args).await?;
+        let url = process
+            .rpc_url()
+            .parse()
+            .map_err(|e| Error::Deploy(format!("rpc url: {e}")))?;
+        let mut wallet = EthereumWallet::from(accounts::signer(Role::Deployer));
+        for a in accounts::all() {
+            wallet.register_signer(a.signer());
+        }
+        let provider = ProviderBuilder::new()
+            .wallet(wallet)
+            .connect_http(url)
+            .erased();
+        let contracts = deploy(&provider, &config).await?;
+        Ok(Self {
+            process,
+            config,
+            contracts,
+            provider,
+        })
+    }
+
+    /// The JSON-RPC endpoint.
+    pub fn rpc_url(&self) -> &str {
+        self.process.rpc_url()
+    }
+
+    /// anvil's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> u64 {
+        self.config.chain_id
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &DevChainConfig {
+        &self.config
+    }
+
+    /// The deployed contracts.
+    pub fn contracts(&self) -> &DevContracts {
+        &self.contracts
+    }
+
+    /// A provider that signs with every dev account (pick the sender with `.from(..)`; the
+    /// deployer by default).
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// A provider that signs only as `role`.
+    pub fn provider_as(&self, role: Role) -> Result<DynProvider> {
+        let url = self
+            .rpc_url()
+            .parse()
+            .map_err(|e| Error::Deploy(format!("rpc url: {e}")))?;
+        Ok(ProviderBuilder::new()
+            .wallet(accounts::signer(role))
+            .connect_http(url)
+            .erased())
+    }
+
+    /// The dev account playing `role`.
+    pub fn account(&self, role: Role) -> DevAccount {
+        accounts::account(role)
+    }
+
+    /// Token balance of `who`.
+    pub async fn token_balance(&self, who: Address) -> Result<U256> {
+        Ok(DevStablecoin::new(self.contracts.token, &self.provider)
+            .balanceOf(who)
+            .call()
+            .await?)
+    }
+
+    /// Mints dev tokens to `to`.
+    pub async fn mint(&self, to: Address, amount: u128) -> Result<()> {
+        let token = DevStablecoin::new(self.contracts.token, &self.provider);
+        token
+            .mint(to, U256::from(amount))
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the chain's clock forward and mines a block.
+    pub async fn increase_time(&self, seconds: u64) -> Result<()> {
+        self.provider.anvil_increase_time(seconds).await?;
+        self.provider.anvil_mine(Some(1), None).await?;
+        Ok(())
+    }
+
+    /// Timestamp of the latest block.
+    pub async fn block_timestamp(&self) -> Result<u64> {
+        let b = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await?
+            .ok_or_else(|| Error::Deploy("no latest block".into()))?;
+        Ok(b.header.timestamp)
+    }
+
+    /// The anvil process (to stop it, or restart it for outage tests).
+    pub fn process_mut(&mut self) -> &mut AnvilProcess {
+        &mut self.process
+    }
+}
+
+/// Runtime code of a contract deployed at `at`.
+async fn code_at(provider: &DynProvider, at: Address) -> Result<Bytes> {
+    let code = provider.get_code_at(at).await?;
+    if code.is_empty() {
+        return Err(Error::Deploy(format!("no code at {at}")));
+    }
+    Ok(code)
+}
+
+async fn deploy(provider: &DynProvider, config: &DevChainConfig) -> Result<DevContracts> {
+    let deployer = accounts::account(Role::Deployer).address;
+    // Escrow and reader have no constructor state: their runtime code is placed directly.
+    let escrow = BatchSettlement::deploy(provider).await?;
+    provider
+        .anvil_set_code(ESCROW, code_at(provider, *escrow.address()).await?)
+        .await?;
+    let reader = Multicall3::deploy(provider).await?;
+    provider
+        .anvil_set_code(MULTICALL3, code_at(provider, *reader.address()).await?)
+        .await?;
+    // The collector's escrow address is an immutable in its runtime code: deploy it for the
+    // canonical escrow, then copy that code to the canonical collector address.
+    let collector = ERC3009DepositCollector::deploy(provider, ESCROW).await?;
+    provider
+        .anvil_set_code(
+            ERC3009_COLLECTOR,
+            code_at(provider, *collector.address()).await?,
+        )
+        .await?;
+    let token = DevStablecoin::deploy(
+        provider,
+        config.token_name.clone(),
+        config.token_symbol.clone(),
+        config.token_version.clone(),
+        deployer,
+    )
+    .await?;
+    for a in accounts::all() {
+        let pending = token
+            .mint(a.address, U256::from(config.mint_per_account))
+            .send()
+            .await?;
+        pending
+            .with_timeout(Some(Duration::from_secs(30)))
+            .watch()
+            .await?;
+    }
+    Ok(DevContracts {
+        escrow: ESCROW,
+        erc3009_collector: ERC3009_COLLECTOR,
+        multicall3: MULTICALL3,
+        token: *token.address(),
+    })
+}
+
+/// A 32-byte value from a `u64`, for salts in tests.
+pub fn salt(n: u64) -> B256 {
+    B256::from(U256::from(n))
+}

@@ -1,0 +1,7 @@
+//! paychan end-to-end tests: everything runs against a real anvil dev chain with paychan's
+//! contracts, real HTTP and real processes.
+
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+mod chain_roundtrip;
+mod devchain;

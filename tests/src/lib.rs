@@ -1,0 +1,1 @@
+//! Helpers shared by paychan's end-to-end tests.
