@@ -123,13 +123,19 @@ impl BatchRequirements {
     /// Whether a client's `accepted` is this offer: the same scheme, network, amount, asset,
     /// receiver and timeout, and the same receiver authorizer, withdraw delay, token domain and
     /// transfer method. Corrective-only fields the client echoes back are ignored. Addresses
-    /// compare by value, not by letter case.
+    /// compare by value, not by letter case. Reads `accepted` in place (this runs per request).
     pub fn matches_accepted(&self, accepted: &PaymentRequirements) -> Result<(), Rejection> {
-        let a = Self::from_generic(accepted)?;
-        if a.network != self.network {
+        use serde_json::Value;
+        if accepted.scheme != SCHEME {
+            return Err(Rejection::new(
+                ErrorCode::Scheme,
+                format!("scheme {:?} is not {SCHEME}", accepted.scheme),
+            ));
+        }
+        if accepted.network != self.network {
             return Err(Rejection::new(
                 ErrorCode::NetworkMismatch,
-                format!("network {} is not {}", a.network, self.network),
+                format!("network {} is not {}", accepted.network, self.network),
             ));
         }
         let mismatch = |what: &str| {
@@ -138,30 +144,55 @@ impl BatchRequirements {
                 format!("accepted {what} differs from the offer"),
             ))
         };
-        if a.amount != self.amount {
+        if amount::parse_u128(&accepted.amount).ok() != Some(self.amount) {
             return mismatch("amount");
         }
-        if a.asset != self.asset {
+        if parse_address(&accepted.asset).ok() != Some(self.asset) {
             return mismatch("asset");
         }
-        if a.pay_to != self.pay_to {
+        if parse_address(&accepted.pay_to).ok() != Some(self.pay_to) {
             return mismatch("payTo");
         }
-        if a.max_timeout_seconds != self.max_timeout_seconds {
+        if accepted.max_timeout_seconds != self.max_timeout_seconds {
             return mismatch("maxTimeoutSeconds");
         }
-        let (x, y) = (&a.extra, &self.extra);
-        if x.receiver_authorizer != y.receiver_authorizer {
-            return mismatch("extra.receiverAuthorizer");
-        }
-        if x.withdraw_delay != y.withdraw_delay {
-            return mismatch("extra.withdrawDelay");
-        }
-        if x.name != y.name || x.version != y.version {
+        let Some(extra) = accepted.extra.as_ref() else {
+            return Err(Rejection::new(
+                ErrorCode::MissingEip712Domain,
+                "accepted requirements have no extra",
+            ));
+        };
+        let str_of = |k: &str| extra.get(k).and_then(Value::as_str);
+        let (Some(name), Some(version)) = (str_of("name"), str_of("version")) else {
+            return Err(Rejection::new(
+                ErrorCode::MissingEip712Domain,
+                "accepted extra lacks the token's name/version",
+            ));
+        };
+        if name != self.extra.name || version != self.extra.version {
             return mismatch("token EIP-712 domain");
         }
-        let method = |m: &Option<String>| m.clone().unwrap_or_else(|| "eip3009".to_owned());
-        if method(&x.asset_transfer_method) != method(&y.asset_transfer_method) {
+        if str_of("receiverAuthorizer").and_then(|a| parse_address(a).ok())
+            != Some(self.extra.receiver_authorizer)
+        {
+            return mismatch("extra.receiverAuthorizer");
+        }
+        let delay = match extra.get("withdrawDelay") {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => amount::parse_u64(s).ok(),
+            _ => None,
+        };
+        if delay != Some(self.extra.withdraw_delay) {
+            return mismatch("extra.withdrawDelay");
+        }
+        let method = str_of("assetTransferMethod").unwrap_or("eip3009");
+        if method
+            != self
+                .extra
+                .asset_transfer_method
+                .as_deref()
+                .unwrap_or("eip3009")
+        {
             return mismatch("extra.assetTransferMethod");
         }
         Ok(())
@@ -226,7 +257,14 @@ mod tests {
             .insert("withdrawDelay".into(), 60.into());
         assert_eq!(
             o.matches_accepted(&g).unwrap_err().code,
-            ErrorCode::WithdrawDelayOutOfRange
+            ErrorCode::InvalidPaymentRequirements
         );
+        // echoed corrective state does not matter
+        let mut g = o.to_generic();
+        g.extra
+            .as_mut()
+            .unwrap()
+            .insert("channelState".into(), serde_json::json!({"junk": 1}));
+        o.matches_accepted(&g).unwrap();
     }
 }
