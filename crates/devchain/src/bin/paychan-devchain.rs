@@ -79,14 +79,17 @@ async fn main() {
     {
         println!("{desc}");
     }
-    // Stay up until stdin reaches EOF (the parent went away) or a signal arrives.
-    let stdin_closed = tokio::task::spawn_blocking(|| {
+    // Stay up until stdin reaches EOF (the parent went away) or a signal arrives. stdin is read
+    // on a plain thread: a blocking task would keep the runtime from shutting down after Ctrl-C.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
         let mut sink = [0u8; 64];
         let mut stdin = std::io::stdin();
         while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = closed_tx.send(());
     });
     tokio::select! {
-        _ = stdin_closed => {}
+        _ = closed_rx => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     drop(chain);
