@@ -5,3 +5,4 @@
 
 mod chain_roundtrip;
 mod devchain;
+mod interop;
