@@ -580,3 +580,100 @@ pub fn refund_response(
         }),
     }
 }
+
+/// The `ClaimBatch` entries of claim rows (channel ids recomputed from the configs).
+pub fn claim_entries(domain: &BatchDomain, rows: &[ClaimRow]) -> Vec<super::ClaimEntry> {
+    rows.iter()
+        .map(|r| super::ClaimEntry {
+            channel_id: domain.channel_id(&r.voucher.channel),
+            max_claimable_amount: r.voucher.max_claimable_amount,
+            total_claimed: r.total_claimed,
+        })
+        .collect()
+}
+
+/// A `claim` payload for `rows`, signed by the receiver authorizer when the server holds its key
+/// (otherwise a facilitator holding it signs). All rows must share that receiver authorizer.
+pub fn claim_payload(
+    domain: &BatchDomain,
+    rows: Vec<ClaimRow>,
+    authorizer: Option<&crate::sig::LocalSigner>,
+) -> Result<super::ClaimPayload, Rejection> {
+    if let Some((a, r)) = authorizer.and_then(|a| {
+        rows.iter()
+            .find(|r| r.voucher.channel.receiver_authorizer != a.address())
+            .map(|r| (a, r))
+    }) {
+        return Err(Rejection::new(
+            ErrorCode::AuthorizerAddressMismatch,
+            format!(
+                "claim row for receiver authorizer {} signed by {}",
+                r.voucher.channel.receiver_authorizer,
+                a.address()
+            ),
+        ));
+    }
+    let claim_authorizer_signature = match authorizer {
+        Some(a) => Some(sign_bytes(
+            a,
+            &domain.claim_batch_digest(&claim_entries(domain, &rows)),
+        )?),
+        None => None,
+    };
+    Ok(super::ClaimPayload {
+        claims: rows,
+        claim_authorizer_signature,
+    })
+}
+
+fn sign_bytes(signer: &crate::sig::LocalSigner, digest: &B256) -> Result<Bytes, Rejection> {
+    signer
+        .sign_digest(digest)
+        .map(|s| Bytes::copy_from_slice(&s.to_bytes()))
+        .map_err(|e| Rejection::new(ErrorCode::AuthorizerNotConfigured, e.to_string()))
+}
+
+/// The refund payload a facilitator receives: the client's payload completed with the amount,
+/// the refund nonce, the claim to make first, and, when the server holds the receiver
+/// authorizer's key, its `Refund` and `ClaimBatch` signatures.
+pub fn complete_refund(
+    domain: &BatchDomain,
+    client: &RefundPayload,
+    plan: &RefundPlan,
+    authorizer: Option<&crate::sig::LocalSigner>,
+) -> Result<RefundPayload, Rejection> {
+    let claims: Vec<ClaimRow> = plan.claim.iter().cloned().collect();
+    let (refund_sig, claim_sig) = match authorizer {
+        Some(a) => {
+            if a.address() != client.channel_config.receiver_authorizer {
+                return Err(Rejection::new(
+                    ErrorCode::AuthorizerAddressMismatch,
+                    "the configured receiver authorizer key is not this channel's",
+                ));
+            }
+            let refund = sign_bytes(
+                a,
+                &domain.refund_digest(plan.channel_id, plan.nonce, plan.amount),
+            )?;
+            let claim = if claims.is_empty() {
+                None
+            } else {
+                Some(sign_bytes(
+                    a,
+                    &domain.claim_batch_digest(&claim_entries(domain, &claims)),
+                )?)
+            };
+            (Some(refund), claim)
+        }
+        None => (None, None),
+    };
+    Ok(RefundPayload {
+        channel_config: client.channel_config,
+        voucher: client.voucher.clone(),
+        amount: Some(plan.amount),
+        refund_nonce: Some(plan.nonce),
+        claims: Some(claims),
+        refund_authorizer_signature: refund_sig,
+        claim_authorizer_signature: claim_sig,
+    })
+}

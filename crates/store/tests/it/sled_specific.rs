@@ -1,0 +1,114 @@
+//! sled store: what survives a reopen, format refusal, group commit.
+
+use std::sync::Arc;
+
+use alloy_primitives::B256;
+use paychan_store::{Durability, SledStore, SledStoreConfig, Store, WriteBatch, codec};
+
+use crate::conformance::record;
+
+#[tokio::test]
+async fn committed_writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+        s.commit(WriteBatch::channel(record(1, 42))).await.unwrap();
+    }
+    let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+    assert_eq!(
+        s.channel(B256::repeat_byte(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .charged,
+        42
+    );
+}
+
+#[tokio::test]
+async fn a_newer_or_foreign_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = sled::open(&path).unwrap();
+        db.insert(
+            codec::meta_key(codec::FORMAT_KEY),
+            &(codec::DB_FORMAT + 1).to_be_bytes(),
+        )
+        .unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(SledStoreConfig::new(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("newer paychan"), "{err}");
+
+    let foreign = dir.path().join("foreign");
+    {
+        let db = sled::open(&foreign).unwrap();
+        db.insert(b"someone else's key", b"v").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(SledStoreConfig::new(&foreign))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a paychan store"), "{err}");
+}
+
+#[tokio::test]
+async fn a_record_of_an_unknown_format_is_an_error_not_a_guess() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+        s.commit(WriteBatch::channel(record(1, 42))).await.unwrap();
+    }
+    {
+        let db = sled::open(&path).unwrap();
+        let key = codec::channel_key(&B256::repeat_byte(1));
+        let mut v = db.get(key).unwrap().unwrap().to_vec();
+        v[0] = 9;
+        db.insert(key, v).unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+    let err = s
+        .channel(B256::repeat_byte(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown channel record format 9"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_share_flushes() {
+    for durability in [Durability::Fsync, Durability::Flush, Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SledStoreConfig::new(dir.path().join("db"));
+        cfg.durability = durability;
+        let s = Arc::new(SledStore::open(cfg).unwrap());
+        let tasks: Vec<_> = (0..400u32)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.commit(WriteBatch::channel(record((i % 250) as u8, u128::from(i))))
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let st = s.stats().await.unwrap();
+        assert_eq!(st.batches, 400, "{durability:?}");
+        assert!(
+            st.commits < st.batches,
+            "{durability:?}: {} flushes for {} batches",
+            st.commits,
+            st.batches
+        );
+        assert_eq!(st.channels, 250);
+    }
+}
