@@ -6,3 +6,4 @@
 mod decode_props;
 mod payee_props;
 mod support;
+mod vectors;
