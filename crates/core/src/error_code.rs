@@ -69,6 +69,7 @@ codes! {
         InvalidTransactionState => "invalid_transaction_state", "The on-chain transaction failed or was rejected.";
         UnexpectedVerifyError => "unexpected_verify_error", "Unexpected error during verification.";
         UnexpectedSettleError => "unexpected_settle_error", "Unexpected error during settlement.";
+        SettlementPending => "settlement_pending", "The settlement transaction was sent but its receipt is not in yet; retry to reconcile.";
     }
     batch {
         AuthorizerAddressMismatch => "authorizer_address_mismatch", "Authorizer address does not match the expected receiver authorizer.";
@@ -160,6 +161,7 @@ impl ErrorCode {
                 | ErrorCode::RpcReadFailed
                 | ErrorCode::WaitForReceiptFailed
                 | ErrorCode::VerificationStateUnavailable
+                | ErrorCode::SettlementPending
         )
     }
 }
