@@ -22,7 +22,18 @@ use alloy::{
     primitives::{Address, B256, Bytes, U256, address},
     providers::{DynProvider, Provider, ProviderBuilder, ext::AnvilApi},
 };
-use paychan_bindings::{BatchSettlement, DevStablecoin, ERC3009DepositCollector, Multicall3};
+use paychan_bindings::{
+    BatchSettlement, DevStablecoin, ERC3009DepositCollector, Multicall3,
+    convert::erc3009_collector_data,
+};
+use paychan_core::{
+    batch::{
+        BatchDomain, ChannelConfig,
+        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        payee::OnchainState,
+    },
+    sig::LocalSigner,
+};
 
 pub use accounts::{DevAccount, Role};
 pub use process::{AnvilProcess, find_anvil};
@@ -250,6 +261,92 @@ impl DevChain {
     /// The anvil process (to stop it, or restart it for outage tests).
     pub fn process_mut(&mut self) -> &mut AnvilProcess {
         &mut self.process
+    }
+}
+
+impl DevChain {
+    /// A payer key derived from `seed` (not one of the funded dev accounts: it holds no ETH,
+    /// which deposits relayed through the collector do not need), minted `tokens`.
+    pub async fn funded_payer(&self, seed: u64, tokens: u128) -> Result<LocalSigner> {
+        let mut secret = [0u8; 32];
+        secret[..8].copy_from_slice(b"paychan!");
+        secret[24..].copy_from_slice(&seed.to_be_bytes());
+        let signer = LocalSigner::from_bytes(&B256::from(secret))
+            .map_err(|e| Error::Deploy(format!("payer key: {e}")))?;
+        if tokens > 0 {
+            self.mint(signer.address(), tokens).await?;
+        }
+        Ok(signer)
+    }
+
+    /// Deposits `amount` into the channel `config` with the payer's ERC-3009 authorization,
+    /// relayed by the relayer account (the payer needs no ETH). Returns the transaction hash.
+    pub async fn deposit(
+        &self,
+        payer: &LocalSigner,
+        config: &ChannelConfig,
+        amount: u128,
+    ) -> Result<B256> {
+        let domain = BatchDomain::new(self.chain_id(), ESCROW);
+        let channel_id = domain.channel_id(config);
+        let valid_before = U256::from(self.block_timestamp().await? + 3600);
+        let salt = U256::from_be_bytes(
+            alloy::primitives::keccak256(
+                [
+                    channel_id.as_slice(),
+                    &amount.to_be_bytes(),
+                    &valid_before.to_be_bytes::<32>(),
+                ]
+                .concat(),
+            )
+            .0,
+        );
+        let auth = ReceiveWithAuthorization {
+            from: payer.address(),
+            to: ERC3009_COLLECTOR,
+            value: U256::from(amount),
+            valid_after: U256::ZERO,
+            valid_before,
+            nonce: deposit_nonce(channel_id, salt),
+        };
+        let token_domain = Eip712Domain::new(
+            &self.config.token_name,
+            &self.config.token_version,
+            self.chain_id(),
+            self.contracts.token,
+        );
+        let sig = payer
+            .sign_digest(&auth.digest(&token_domain))
+            .map_err(|e| Error::Deploy(format!("sign: {e}")))?;
+        let data = erc3009_collector_data(U256::ZERO, valid_before, salt, &sig.to_bytes());
+        let escrow = BatchSettlement::new(ESCROW, self.provider_as(Role::Relayer)?);
+        let receipt = escrow
+            .deposit(config.into(), amount, ERC3009_COLLECTOR, data)
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        if !receipt.status() {
+            return Err(Error::Deploy(format!(
+                "deposit {} reverted",
+                receipt.transaction_hash
+            )));
+        }
+        Ok(receipt.transaction_hash)
+    }
+
+    /// The escrow's view of a channel.
+    pub async fn onchain_state(&self, id: B256) -> Result<OnchainState> {
+        let escrow = BatchSettlement::new(ESCROW, &self.provider);
+        let ch = escrow.channels(id).call().await?;
+        let w = escrow.pendingWithdrawals(id).call().await?;
+        let nonce = escrow.refundNonce(id).call().await?;
+        Ok(OnchainState {
+            balance: ch.balance,
+            total_claimed: ch.totalClaimed,
+            withdraw_requested_at: w.initiatedAt.to::<u64>(),
+            refund_nonce: nonce,
+        })
     }
 }
 
