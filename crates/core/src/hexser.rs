@@ -34,6 +34,15 @@ pub fn parse_address(s: &str) -> Result<Address, String> {
     }
 }
 
+/// Parses an address string's bytes without checking an EIP-55 checksum: for comparing a value
+/// against a known address, where a wrong checksum cannot change the outcome.
+pub fn parse_address_bytes(s: &str) -> Option<Address> {
+    let body = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+    let mut out = [0u8; 20];
+    hex::decode_to_slice(body, &mut out).ok()?;
+    Some(Address::from(out))
+}
+
 /// `Address` as a checksummed `0x…` string.
 pub mod address {
     use super::*;

@@ -231,18 +231,9 @@ fn rej(code: ErrorCode, msg: impl Into<std::borrow::Cow<'static, str>>) -> Refus
     Refusal::Reject(Rejection::new(code, msg))
 }
 
-/// Step 1: the payload's config hashes to its channel id and matches the offer. Returns the
-/// channel id.
-pub fn check_binding(
-    config: &ChannelConfig,
-    voucher: &VoucherFields,
-    domain: &BatchDomain,
-    req: &BatchRequirements,
-) -> Result<B256, Rejection> {
-    let id = domain.channel_id(config);
-    if id != voucher.channel_id {
-        return Err(Rejection::code(ErrorCode::ChannelIdMismatch));
-    }
+/// The config's terms match the offer: receiver, receiver authorizer, token, withdraw delay and
+/// its bounds. Cheap (no hashing).
+pub fn check_offer_terms(config: &ChannelConfig, req: &BatchRequirements) -> Result<(), Rejection> {
     if config.receiver != req.pay_to {
         return Err(Rejection::code(ErrorCode::ReceiverMismatch));
     }
@@ -260,6 +251,22 @@ pub fn check_binding(
     if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&config.withdraw_delay) {
         return Err(Rejection::code(ErrorCode::WithdrawDelayOutOfRange));
     }
+    Ok(())
+}
+
+/// Step 1: the payload's config hashes to its channel id and matches the offer. Returns the
+/// channel id.
+pub fn check_binding(
+    config: &ChannelConfig,
+    voucher: &VoucherFields,
+    domain: &BatchDomain,
+    req: &BatchRequirements,
+) -> Result<B256, Rejection> {
+    let id = domain.channel_id(config);
+    if id != voucher.channel_id {
+        return Err(Rejection::code(ErrorCode::ChannelIdMismatch));
+    }
+    check_offer_terms(config, req)?;
     Ok(id)
 }
 
@@ -533,7 +540,8 @@ pub fn voucher_response(
         success: true,
         error_reason: None,
         error_message: None,
-        payer: Some(record.config.payer.to_checksum(None)),
+        // Lowercase, as the reference server writes it here (and no keccak per response).
+        payer: Some(alloy_primitives::hex::encode_prefixed(record.config.payer)),
         transaction: String::new(),
         network: network.clone(),
         amount: Some(String::new()),

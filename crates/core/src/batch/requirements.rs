@@ -6,7 +6,7 @@ use alloy_primitives::Address;
 use super::{BatchExtra, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY, SCHEME};
 use crate::{
     ErrorCode, Network, Rejection, amount,
-    hexser::parse_address,
+    hexser::{parse_address, parse_address_bytes},
     x402::{JsonObject, PaymentRequirements},
 };
 
@@ -147,10 +147,11 @@ impl BatchRequirements {
         if amount::parse_u128(&accepted.amount).ok() != Some(self.amount) {
             return mismatch("amount");
         }
-        if parse_address(&accepted.asset).ok() != Some(self.asset) {
+        // Comparing against our own addresses: the bytes decide, a checksum cannot change that.
+        if parse_address_bytes(&accepted.asset) != Some(self.asset) {
             return mismatch("asset");
         }
-        if parse_address(&accepted.pay_to).ok() != Some(self.pay_to) {
+        if parse_address_bytes(&accepted.pay_to) != Some(self.pay_to) {
             return mismatch("payTo");
         }
         if accepted.max_timeout_seconds != self.max_timeout_seconds {
@@ -172,7 +173,7 @@ impl BatchRequirements {
         if name != self.extra.name || version != self.extra.version {
             return mismatch("token EIP-712 domain");
         }
-        if str_of("receiverAuthorizer").and_then(|a| parse_address(a).ok())
+        if str_of("receiverAuthorizer").and_then(parse_address_bytes)
             != Some(self.extra.receiver_authorizer)
         {
             return mismatch("extra.receiverAuthorizer");
