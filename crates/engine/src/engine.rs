@@ -335,9 +335,21 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         let domain = self.inner.config.domain;
         match &p.payload {
             BatchPayload::Voucher(v) => {
-                let id = payee::check_binding(&v.channel_config, &v.voucher, &domain, offer)?;
+                let id = v.voucher.channel_id;
                 let mut guard = self.lock(id).await?;
                 self.load(&mut guard, id).await?;
+                // A stored record was bound when it was created: the same config under the same
+                // id needs no re-hashing, only the offer's terms. Anything else is hashed first
+                // (channel id before terms, as the reference facilitator orders them).
+                if guard
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.channel_id == id && r.config == v.channel_config)
+                {
+                    payee::check_offer_terms(&v.channel_config, offer)?;
+                } else {
+                    payee::check_binding(&v.channel_config, &v.voucher, &domain, offer)?;
+                }
                 let now = self.now();
                 let mut record = self
                     .fresh_record(&mut guard, id, &v.channel_config, now)

@@ -38,6 +38,14 @@ pub trait OnchainSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<OnchainState, SourceError>> + Send;
 }
 
+impl OnchainSource for paychan_chain::ChainReader {
+    async fn channel_state(&self, id: B256) -> Result<OnchainState, SourceError> {
+        paychan_chain::ChainReader::channel_state(self, id)
+            .await
+            .map_err(|e| SourceError::new("channel state", e))
+    }
+}
+
 /// An x402 facilitator for the operations that touch the chain: verifying and executing
 /// deposits, executing refunds. paychan's own facilitator runs in-process; any x402
 /// batch-settlement facilitator over HTTP works too.

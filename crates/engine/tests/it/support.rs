@@ -6,31 +6,18 @@ use std::sync::{
 };
 
 use alloy_primitives::B256;
+use paychan_chain::{ChainConfig, ChainReader};
 use paychan_core::{
     batch::{
         BatchDomain, BatchPayload, BatchRequirements,
-        payee::OnchainState,
         payer::{PayerChannel, channel_config_for},
     },
     sig::LocalSigner,
     x402::{PaymentPayload, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ESCROW, Role};
-use paychan_engine::{Clock, Engine, EngineConfig, NoFacilitator, OnchainSource, SourceError};
+use paychan_engine::{Clock, Engine, EngineConfig, NoFacilitator};
 use paychan_store::{SledStore, SledStoreConfig};
-
-/// Chain state read straight from the dev chain's escrow.
-#[derive(Clone)]
-pub struct DevSource(pub Arc<DevChain>);
-
-impl OnchainSource for DevSource {
-    async fn channel_state(&self, id: B256) -> Result<OnchainState, SourceError> {
-        self.0
-            .onchain_state(id)
-            .await
-            .map_err(|e| SourceError::new("channel state", e))
-    }
-}
 
 /// A clock the test moves.
 #[derive(Clone, Default)]
@@ -48,7 +35,7 @@ impl TestClock {
     }
 }
 
-pub type TestEngine = Engine<SledStore, DevSource, NoFacilitator, TestClock>;
+pub type TestEngine = Engine<SledStore, ChainReader, NoFacilitator, TestClock>;
 
 pub struct Harness {
     pub chain: Arc<DevChain>,
@@ -56,6 +43,7 @@ pub struct Harness {
     pub offer: BatchRequirements,
     pub dir: tempfile::TempDir,
     pub clock: TestClock,
+    pub reader: ChainReader,
 }
 
 pub const PRICE: u128 = 1_000;
@@ -74,12 +62,16 @@ impl Harness {
         let offer =
             BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
         let clock = TestClock(Arc::new(AtomicU64::new(1_000_000)));
+        let reader = ChainReader::connect(ChainConfig::new(chain.rpc_url(), chain.chain_id()))
+            .await
+            .unwrap();
         Self {
             chain,
             domain,
             offer,
             dir: tempfile::tempdir().unwrap(),
             clock,
+            reader,
         }
     }
 
@@ -94,7 +86,7 @@ impl Harness {
         Engine::with_clock(
             cfg,
             store,
-            DevSource(self.chain.clone()),
+            self.reader.clone(),
             NoFacilitator,
             self.clock.clone(),
         )
