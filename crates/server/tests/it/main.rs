@@ -1,0 +1,6 @@
+//! paychan-server over real HTTP on loopback, against a real dev chain and a sled store.
+
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+mod http_flow;
+mod support;

@@ -1,0 +1,119 @@
+//! A running paychan server on port 0 with the demo upstream or a proxy.
+
+use std::sync::Arc;
+
+use alloy_primitives::{B256, U256};
+use paychan_chain::{ChainConfig, ChainReader};
+use paychan_core::{
+    batch::{
+        BatchDomain, BatchPayload, BatchRequirements,
+        payer::{PayerChannel, channel_config_for},
+    },
+    codec,
+    sig::LocalSigner,
+    x402::{PaymentPayload, X402_VERSION},
+};
+use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_engine::{Engine, EngineConfig, NoFacilitator};
+use paychan_server::{PaidRoute, PaidState, Upstream, app, serve};
+use paychan_store::{SledStore, SledStoreConfig};
+
+pub const PRICE: u128 = 5_000;
+
+pub struct Server {
+    pub url: String,
+    pub chain: Arc<DevChain>,
+    pub domain: BatchDomain,
+    pub offer: BatchRequirements,
+    pub engine: Engine<SledStore, ChainReader, NoFacilitator>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(upstream: impl FnOnce() -> Upstream) -> Self {
+        let chain = Arc::new(DevChain::start().await.unwrap());
+        let domain = BatchDomain::new(chain.chain_id(), ESCROW);
+        let json = serde_json::json!({
+            "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
+            "amount": PRICE.to_string(), "asset": chain.contracts().token.to_string(),
+            "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
+            "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
+                      "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
+        });
+        let offer =
+            BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledStoreConfig::new(dir.path().join("store"))).unwrap();
+        let reader = ChainReader::connect(ChainConfig::new(chain.rpc_url(), chain.chain_id()))
+            .await
+            .unwrap();
+        let engine = Engine::new(EngineConfig::new(domain), store, reader, NoFacilitator);
+        let routes = vec![PaidRoute {
+            method: None,
+            path: "/v1/*".into(),
+            offer: offer.clone(),
+            description: Some("demo inference".into()),
+            mime_type: Some("application/json".into()),
+        }];
+        let router = app(PaidState::new(engine.clone(), routes), upstream());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(listener, router, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            url,
+            chain,
+            domain,
+            offer,
+            engine,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn funded_channel(&self, seed: u64, deposit: u128) -> (LocalSigner, PayerChannel) {
+        let payer = self.chain.funded_payer(seed, deposit).await.unwrap();
+        let config = channel_config_for(
+            &self.offer,
+            payer.address(),
+            payer.address(),
+            B256::from(U256::from(seed)),
+        );
+        self.chain.deposit(&payer, &config, deposit).await.unwrap();
+        (
+            payer,
+            PayerChannel::from_chain(&self.domain, config, deposit, 0),
+        )
+    }
+
+    pub fn voucher_header(&self, pc: &mut PayerChannel, payer: &LocalSigner) -> String {
+        let v = pc
+            .voucher_payload(&self.domain, payer, self.offer.amount)
+            .unwrap();
+        codec::encode(&PaymentPayload {
+            x402_version: X402_VERSION,
+            resource: None,
+            accepted: self.offer.to_generic(),
+            payload: BatchPayload::Voucher(v),
+            extensions: None,
+        })
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
