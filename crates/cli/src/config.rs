@@ -1,0 +1,431 @@
+//! `paychan serve` configuration: a TOML file, validated into typed settings.
+//!
+//! Secrets are never in the file: keys come from a key file or an environment variable, and
+//! error messages never contain them.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use alloy_primitives::Address;
+use anyhow::{Context, Result, bail};
+use paychan_core::{
+    Network,
+    batch::{BatchExtra, BatchRequirements, MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY, canonical},
+    hexser::parse_address,
+    sig::LocalSigner,
+};
+use paychan_store::Durability;
+use serde::Deserialize;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    /// Address to listen on (default `127.0.0.1:8402`).
+    pub(crate) listen: Option<String>,
+    /// Directory of the channel store.
+    pub(crate) data_dir: PathBuf,
+    /// `fsync` (default), `flush` or `none`.
+    pub(crate) durability: Option<String>,
+    /// Upstream base URL, or `demo` for the built-in demo upstream.
+    pub(crate) upstream: String,
+    /// Upstream request timeout, seconds (default 120).
+    pub(crate) upstream_timeout_secs: Option<u64>,
+    /// How old mirrored chain state may be for a local voucher check, seconds (default 30).
+    pub(crate) max_onchain_age_secs: Option<u64>,
+    /// How long a request waits for a busy channel, milliseconds (default 0: answer busy at once).
+    pub(crate) busy_wait_ms: Option<u64>,
+    /// Demo upstream price per token (default 10), when `upstream = "demo"`.
+    pub(crate) demo_price_per_token: Option<String>,
+    /// The chain.
+    pub(crate) chain: ChainSection,
+    /// How clients pay.
+    pub(crate) payment: PaymentSection,
+    /// Paid routes.
+    #[serde(rename = "route", default)]
+    pub(crate) routes: Vec<RouteSection>,
+}
+
+/// `[chain]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChainSection {
+    /// JSON-RPC URL.
+    pub(crate) rpc_url: String,
+    /// Chain id.
+    pub(crate) chain_id: u64,
+    /// Escrow address (default: the canonical one).
+    pub(crate) escrow: Option<String>,
+}
+
+/// `[payment]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PaymentSection {
+    /// Receiver (`payTo`).
+    pub(crate) receiver: String,
+    /// Receiver authorizer address.
+    pub(crate) receiver_authorizer: String,
+    /// File holding the receiver authorizer's key (hex). Or set `PAYCHAN_RECEIVER_AUTHORIZER_KEY`.
+    pub(crate) receiver_authorizer_key_file: Option<PathBuf>,
+    /// Token address.
+    pub(crate) asset: String,
+    /// Token EIP-712 name (e.g. `USD Coin`).
+    pub(crate) asset_name: String,
+    /// Token EIP-712 version (e.g. `2`).
+    pub(crate) asset_version: String,
+    /// Withdraw delay required of channels, seconds (default 900).
+    pub(crate) withdraw_delay_secs: Option<u64>,
+    /// `maxTimeoutSeconds` of offers (default 300).
+    pub(crate) max_timeout_secs: Option<u64>,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    /// Path; a trailing `*` matches a prefix.
+    pub(crate) path: String,
+    /// HTTP method (any if absent).
+    pub(crate) method: Option<String>,
+    /// Maximum price per request, atomic units of the token (a decimal string or integer).
+    pub(crate) price: toml::Value,
+    /// Description shown to clients.
+    pub(crate) description: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// Listen address.
+    pub(crate) listen: SocketAddr,
+    /// Store directory.
+    pub(crate) data_dir: PathBuf,
+    /// Durability.
+    pub(crate) durability: Durability,
+    /// Upstream: `None` = demo.
+    pub(crate) upstream: Option<String>,
+    /// Upstream timeout.
+    pub(crate) upstream_timeout: Duration,
+    /// Freshness bound of mirrored state.
+    pub(crate) max_onchain_age: Duration,
+    /// Busy wait.
+    pub(crate) busy_wait: Duration,
+    /// Demo price per token.
+    pub(crate) demo_price_per_token: u128,
+    /// RPC URL.
+    pub(crate) rpc_url: String,
+    /// Chain id.
+    pub(crate) chain_id: u64,
+    /// Escrow.
+    pub(crate) escrow: Address,
+    /// Paid routes: (method, path, offer, description).
+    pub(crate) routes: Vec<(Option<String>, String, BatchRequirements, Option<String>)>,
+    /// The receiver authorizer's key, if provided.
+    pub(crate) receiver_authorizer: Option<LocalSigner>,
+}
+
+/// Environment variable holding the receiver authorizer's key.
+pub(crate) const RECEIVER_AUTHORIZER_KEY_ENV: &str = "PAYCHAN_RECEIVER_AUTHORIZER_KEY";
+
+/// Reads a key from `file` or the environment variable `env`. Errors name the source, never the
+/// content.
+pub(crate) fn load_key(file: Option<&std::path::Path>, env: &str) -> Result<Option<LocalSigner>> {
+    let (text, source) = match file {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading key file {}", p.display()))?,
+            format!("key file {}", p.display()),
+        ),
+        None => match std::env::var(env) {
+            Ok(v) => (v, format!("${env}")),
+            Err(_) => return Ok(None),
+        },
+    };
+    LocalSigner::from_hex(text.trim()).map(Some).map_err(|_| {
+        anyhow::anyhow!("{source} does not hold a valid secp256k1 private key (64 hex digits)")
+    })
+}
+
+fn addr(what: &str, s: &str) -> Result<Address> {
+    parse_address(s).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+fn price(v: &toml::Value, path: &str) -> Result<u128> {
+    let s = match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) if *i >= 0 => i.to_string(),
+        _ => bail!(
+            "route {path}: price must be a non-negative integer (atomic units), as a string or number"
+        ),
+    };
+    paychan_core::amount::parse_u128(&s)
+        .map_err(|e| anyhow::anyhow!("route {path}: price {s:?}: {e}"))
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub(crate) fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let file: File =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Self::from_file(file, path.parent().unwrap_or(std::path::Path::new(".")))
+    }
+
+    /// Validates a parsed file; relative paths are resolved against `base`.
+    pub(crate) fn from_file(f: File, base: &std::path::Path) -> Result<Self> {
+        let listen: SocketAddr = f
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:8402")
+            .parse()
+            .context("listen must be an address like 127.0.0.1:8402")?;
+        let durability = match f.durability.as_deref() {
+            None => Durability::Fsync,
+            Some(d) => d.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        };
+        let upstream = match f.upstream.as_str() {
+            "demo" => None,
+            u if u.starts_with("http://") || u.starts_with("https://") => Some(u.to_owned()),
+            u => bail!("upstream must be an http(s) URL or \"demo\", not {u:?}"),
+        };
+        let network = Network::eip155(f.chain.chain_id);
+        let escrow = match &f.chain.escrow {
+            Some(e) => addr("chain.escrow", e)?,
+            None => canonical::ESCROW,
+        };
+        let p = &f.payment;
+        let withdraw_delay = p.withdraw_delay_secs.unwrap_or(MIN_WITHDRAW_DELAY);
+        if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&withdraw_delay) {
+            bail!(
+                "payment.withdraw_delay_secs must be between {MIN_WITHDRAW_DELAY} and {MAX_WITHDRAW_DELAY}"
+            );
+        }
+        let receiver_authorizer = addr("payment.receiver_authorizer", &p.receiver_authorizer)?;
+        if receiver_authorizer == Address::ZERO {
+            bail!("payment.receiver_authorizer must not be the zero address");
+        }
+        let key_file = p
+            .receiver_authorizer_key_file
+            .as_ref()
+            .map(|k| base.join(k));
+        let key = load_key(key_file.as_deref(), RECEIVER_AUTHORIZER_KEY_ENV)?;
+        if let Some(k) = &key
+            && k.address() != receiver_authorizer
+        {
+            bail!(
+                "the receiver authorizer key is for {}, but payment.receiver_authorizer is {}",
+                k.address(),
+                receiver_authorizer
+            );
+        }
+        let extra = BatchExtra {
+            receiver_authorizer,
+            withdraw_delay,
+            name: p.asset_name.clone(),
+            version: p.asset_version.clone(),
+            asset_transfer_method: None,
+            channel_state: None,
+            voucher_state: None,
+        };
+        let template = BatchRequirements {
+            network,
+            chain_id: f.chain.chain_id,
+            amount: 0,
+            asset: addr("payment.asset", &p.asset)?,
+            pay_to: addr("payment.receiver", &p.receiver)?,
+            max_timeout_seconds: p.max_timeout_secs.unwrap_or(300),
+            extra,
+        };
+        if f.routes.is_empty() {
+            bail!("no [[route]]: nothing would be paid for");
+        }
+        let mut routes = Vec::new();
+        for r in &f.routes {
+            if !r.path.starts_with('/') {
+                bail!("route path {:?} must start with /", r.path);
+            }
+            let amount = price(&r.price, &r.path)?;
+            if amount == 0 {
+                bail!("route {}: price must be positive", r.path);
+            }
+            if let Some(m) = &r.method
+                && (m.is_empty() || m.parse::<http::Method>().is_err())
+            {
+                bail!("route {}: {m:?} is not an HTTP method", r.path);
+            }
+            routes.push((
+                r.method.clone(),
+                r.path.clone(),
+                BatchRequirements {
+                    amount,
+                    ..template.clone()
+                },
+                r.description.clone(),
+            ));
+        }
+        let demo_price_per_token = match &f.demo_price_per_token {
+            Some(s) => paychan_core::amount::parse_u128(s)
+                .map_err(|e| anyhow::anyhow!("demo_price_per_token: {e}"))?,
+            None => 10,
+        };
+        Ok(Self {
+            listen,
+            data_dir: base.join(&f.data_dir),
+            durability,
+            upstream,
+            upstream_timeout: Duration::from_secs(f.upstream_timeout_secs.unwrap_or(120)),
+            max_onchain_age: Duration::from_secs(f.max_onchain_age_secs.unwrap_or(30)),
+            busy_wait: Duration::from_millis(f.busy_wait_ms.unwrap_or(0)),
+            demo_price_per_token,
+            rpc_url: f.chain.rpc_url,
+            chain_id: f.chain.chain_id,
+            escrow,
+            routes,
+            receiver_authorizer: key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::from_file(toml::from_str(text)?, std::path::Path::new("/base"))
+    }
+
+    const GOOD: &str = r#"
+data_dir = "d"
+upstream = "demo"
+[chain]
+rpc_url = "http://127.0.0.1:8545"
+chain_id = 31337
+[payment]
+receiver = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+receiver_authorizer = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+asset = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+asset_name = "USD Coin"
+asset_version = "2"
+[[route]]
+path = "/v1/*"
+price = 5000
+"#;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../paychan.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].2.amount, 10_000);
+        assert_eq!(c.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8402");
+        assert_eq!(c.data_dir, std::path::Path::new("/base/d"));
+        assert!(c.upstream.is_none());
+        assert_eq!(c.escrow, canonical::ESCROW);
+        assert_eq!(c.routes[0].2.extra.withdraw_delay, 900);
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        let cases = [
+            (
+                GOOD.replace("price = 5000", "price = -1"),
+                "non-negative integer",
+            ),
+            (
+                GOOD.replace("price = 5000", "price = \"1.5\""),
+                "not a non-negative decimal",
+            ),
+            (
+                GOOD.replace("price = 5000", "price = 0"),
+                "must be positive",
+            ),
+            (
+                GOOD.replace("upstream = \"demo\"", "upstream = \"ftp://x\""),
+                "http(s) URL",
+            ),
+            (
+                GOOD.replace(
+                    "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+                    "0x3c44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+                ),
+                "checksum",
+            ),
+            (
+                GOOD.replace("path = \"/v1/*\"", "path = \"v1\""),
+                "must start with /",
+            ),
+            (
+                GOOD.replace("[chain]", "surprise = 1\n[chain]"),
+                "unknown field",
+            ),
+            (
+                GOOD.replace(
+                    "data_dir = \"d\"",
+                    "data_dir = \"d\"\ndurability = \"sometimes\"",
+                ),
+                "fsync, flush or none",
+            ),
+            (
+                GOOD.replace(
+                    "asset_version = \"2\"",
+                    "asset_version = \"2\"\nwithdraw_delay_secs = 60",
+                ),
+                "between 900",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(want), "expected {want:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn key_files_are_read_and_never_echoed() {
+        let dir = std::env::temp_dir().join(format!("paychan-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.key");
+        std::fs::write(&bad, "0xsupersecretnotakey").unwrap();
+        let err = format!("{:#}", load_key(Some(&bad), "UNUSED_ENV").unwrap_err());
+        assert!(
+            err.contains("bad.key") && !err.contains("supersecret"),
+            "{err}"
+        );
+        let good = dir.join("good.key");
+        std::fs::write(
+            &good,
+            "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6\n",
+        )
+        .unwrap();
+        let k = load_key(Some(&good), "UNUSED_ENV").unwrap().unwrap();
+        assert_eq!(
+            k.address(),
+            parse_address("0x90F79bf6EB2c4f870365E785982E1f101E93b906").unwrap()
+        );
+        // a key that does not match the configured authorizer is refused
+        let text = GOOD
+            .replace(
+                "asset_version = \"2\"",
+                &format!(
+                    "asset_version = \"2\"\nreceiver_authorizer_key_file = \"{}\"",
+                    good.display()
+                ),
+            )
+            .replace(
+                "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+                "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65",
+            );
+        assert!(
+            format!("{:#}", parse(&text).unwrap_err())
+                .contains("the receiver authorizer key is for")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
