@@ -1,0 +1,489 @@
+//! Load benchmark of the payee engine, in process (no HTTP):
+//!
+//! * **throughput**: paid accepts per second (voucher check + reserve + durable commit) with 1,
+//!   64 and 10,000 channels served concurrently, with durability on (`fsync`) and off; next to
+//!   it, the bare warm signature-check rate on all cores in the same run;
+//! * **scale**: accept latency (p50/p99) and resident memory with 1,000, 100,000 and 1,000,000
+//!   channels stored.
+//!
+//! Vouchers are signed before timing. Channels are created in the store directly with fresh
+//! mirrored chain state; the chain (a real dev chain) is never read on the timed path.
+//!
+//! ```text
+//! cargo bench -p paychan-benches --bench engine_load -- [throughput|scale|all] [--backend k256|libsecp256k1] [--quick]
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    missing_docs,
+    clippy::cast_possible_truncation
+)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy_primitives::{B256, U256};
+use paychan_chain::{ChainConfig, ChainReader};
+use paychan_core::{
+    batch::{
+        BatchDomain, BatchPayload, BatchRequirements, ChannelConfig,
+        payee::{ChannelRecord, OnchainState},
+        payer::channel_config_for,
+    },
+    sig::{Backend, LocalSigner, Signature},
+    x402::{PaymentPayload, X402_VERSION},
+};
+use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_engine::{Begin, Engine, EngineConfig, NoFacilitator};
+use paychan_store::{Durability, SledStore, SledStoreConfig, Store, WriteBatch};
+
+const PRICE: u128 = 1_000;
+const BALANCE: u128 = u128::MAX / 4;
+
+struct Setup {
+    _chain: Arc<DevChain>,
+    reader: ChainReader,
+    domain: BatchDomain,
+    offer: BatchRequirements,
+    payers: Vec<LocalSigner>,
+}
+
+fn offer_for(chain: &DevChain) -> BatchRequirements {
+    let json = serde_json::json!({
+        "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
+        "amount": PRICE.to_string(), "asset": chain.contracts().token.to_string(),
+        "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
+        "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
+                  "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
+    });
+    BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap()
+}
+
+fn config(s: &Setup, n: u64) -> ChannelConfig {
+    let payer = &s.payers[(n % s.payers.len() as u64) as usize];
+    channel_config_for(
+        &s.offer,
+        payer.address(),
+        payer.address(),
+        B256::from(U256::from(n)),
+    )
+}
+
+fn record(s: &Setup, n: u64, now: u64) -> ChannelRecord {
+    let cfg = config(s, n);
+    let id = s.domain.channel_id(&cfg);
+    ChannelRecord::from_chain(
+        id,
+        cfg,
+        OnchainState {
+            balance: BALANCE,
+            ..Default::default()
+        },
+        now,
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Stores `n` channel records in batches.
+async fn seed(store: &SledStore, s: &Setup, n: u64) {
+    let now = now_ms();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 20_000).min(n);
+        let batch = WriteBatch {
+            channels: (i..end).map(|k| record(s, k, now)).collect(),
+            ..Default::default()
+        };
+        store.commit(batch).await.unwrap();
+        i = end;
+    }
+}
+
+/// `per_channel` consecutive vouchers for each of `channels`, signed on all cores.
+fn vouchers(s: &Setup, channels: u64, per_channel: u64) -> Vec<Vec<PaymentPayload<BatchPayload>>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2) as u64;
+    let offer = s.offer.to_generic();
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let offer = offer.clone();
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    for ch in (t..channels).step_by(threads as usize) {
+                        let cfg = config(s, ch);
+                        let payer = &s.payers[(ch % s.payers.len() as u64) as usize];
+                        let mut pc = paychan_core::batch::payer::PayerChannel::from_chain(
+                            &s.domain, cfg, BALANCE, 0,
+                        );
+                        let mut v = Vec::with_capacity(per_channel as usize);
+                        for _ in 0..per_channel {
+                            let p = pc.voucher_payload(&s.domain, payer, PRICE).unwrap();
+                            pc.charged += PRICE; // the engine will charge the full price
+                            v.push(PaymentPayload {
+                                x402_version: X402_VERSION,
+                                resource: None,
+                                accepted: offer.clone(),
+                                payload: BatchPayload::Voucher(p),
+                                extensions: None,
+                            });
+                        }
+                        out.push((ch, v));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all: Vec<(u64, Vec<_>)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_by_key(|(ch, _)| *ch);
+        all.into_iter().map(|(_, v)| v).collect()
+    })
+}
+
+type BenchEngine = Engine<SledStore, ChainReader, NoFacilitator>;
+
+fn engine(s: &Setup, store: SledStore, backend: Backend) -> BenchEngine {
+    let mut cfg = EngineConfig::new(s.domain);
+    cfg.backend = backend;
+    cfg.max_onchain_age = Duration::from_secs(3600);
+    Engine::new(cfg, store, s.reader.clone(), NoFacilitator)
+}
+
+async fn accept(e: &BenchEngine, p: &PaymentPayload<BatchPayload>, offer: &BatchRequirements) {
+    match e.begin(p, offer).await {
+        Ok(Begin::Serve(t)) => {
+            e.commit(t, PRICE).await.unwrap();
+        }
+        Ok(Begin::Done(_)) => unreachable!(),
+        Err(d) => panic!("declined: {:?}", d.rejection),
+    }
+}
+
+/// Warm signature checks per second on all cores.
+fn bare_signature_rate(s: &Setup, backend: Backend, dur: Duration) -> f64 {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let payer = &s.payers[0];
+    let digest = s.domain.voucher_digest(B256::repeat_byte(1), 12_345);
+    let sig: Signature = payer.sign_digest(&digest).unwrap();
+    let key = backend.recover(&digest, &sig).unwrap();
+    let total: u64 = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                let key = key.clone();
+                sc.spawn(move || {
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while start.elapsed() < dur {
+                        for _ in 0..100 {
+                            backend.verify(&digest, &sig, &key).unwrap();
+                        }
+                        n += 100;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    total as f64 / dur.as_secs_f64()
+}
+
+async fn throughput(
+    s: &Setup,
+    backend: Backend,
+    quick: bool,
+    only_channels: Option<u64>,
+    only_durability: Option<Durability>,
+) {
+    let bare = bare_signature_rate(s, backend, Duration::from_secs(if quick { 1 } else { 3 }));
+    println!(
+        "\n## throughput ({}), bare warm signature checks on all cores: {:.0}/s",
+        backend.name(),
+        bare
+    );
+    println!(
+        "| channels | durability | requests | accepts/s | vs bare | commit groups | batches/group |"
+    );
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    let total: u64 = if quick { 20_000 } else { 100_000 };
+    for channels in [1u64, 64, 10_000] {
+        if only_channels.is_some_and(|c| c != channels) {
+            continue;
+        }
+        let per = (total / channels).max(2);
+        // the 1-channel case is latency-bound (one durable commit per request): fewer requests
+        let per = if channels == 1 {
+            per.min(if quick { 1_000 } else { 4_000 })
+        } else {
+            per
+        };
+        let payloads = vouchers(s, channels, per);
+        for durability in [Durability::Fsync, Durability::None] {
+            if only_durability.is_some_and(|d| d != durability) {
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let mut sc = SledStoreConfig::new(dir.path().join("db"));
+            sc.durability = durability;
+            let store = SledStore::open(sc).unwrap();
+            seed(&store, s, channels).await;
+            let e = engine(s, store.clone(), backend);
+            // warm: first voucher of each channel (recovers and caches the key), untimed
+            let mut warm = Vec::new();
+            for (ch, v) in payloads.iter().enumerate() {
+                let (e, p, o) = (e.clone(), v[0].clone(), s.offer.clone());
+                warm.push(tokio::spawn(async move { accept(&e, &p, &o).await }));
+                if warm.len() >= 256 || ch + 1 == payloads.len() {
+                    for w in warm.drain(..) {
+                        w.await.unwrap();
+                    }
+                }
+            }
+            // Each task's vouchers are prepared before the clock starts.
+            let work: Vec<Vec<PaymentPayload<BatchPayload>>> =
+                payloads.iter().map(|v| v[1..].to_vec()).collect();
+            let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+            let mut tasks = Vec::new();
+            for v in work {
+                let (e, o, mut go) = (e.clone(), s.offer.clone(), go_rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _ = go.wait_for(|g| *g).await;
+                    for p in &v {
+                        accept(&e, p, &o).await;
+                    }
+                }));
+            }
+            tokio::task::yield_now().await;
+            let before = store.stats().await.unwrap();
+            let (c0, n0) = (
+                e.metrics()
+                    .commit_nanos
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                e.metrics()
+                    .committed
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let cpu0 = cpu_secs();
+            let start = Instant::now();
+            eprintln!("TIMED START pid={}", std::process::id());
+            go_tx.send(true).unwrap();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let el = start.elapsed().as_secs_f64();
+            let busy = (cpu_secs() - cpu0)
+                / el
+                / std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2) as f64;
+            eprintln!("TIMED END");
+            let n = channels * (per - 1);
+            let after = store.stats().await.unwrap();
+            let groups = after.commits - before.commits;
+            let batches = after.batches - before.batches;
+            let rate = n as f64 / el;
+            let commit_us = (e
+                .metrics()
+                .commit_nanos
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - c0) as f64
+                / 1e3
+                / (e.metrics()
+                    .committed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    - n0)
+                    .max(1) as f64;
+            println!(
+                "| {channels} | {durability:?} | {n} | {rate:.0} | {:.0}% | {:.0}% | {groups} | {:.1} | {commit_us:.0} |",
+                100.0 * rate / bare,
+                100.0 * busy,
+                batches as f64 / groups.max(1) as f64
+            );
+        }
+    }
+}
+
+/// User + system CPU seconds used by this process so far.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // fields 14 (utime) and 15 (stime) of /proc/pid/stat are at 11 and 12 after the comm field
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6
+}
+
+async fn scale(s: &Setup, backend: Backend, quick: bool) {
+    println!(
+        "\n## scale ({}): latency of one accept (durable) and resident memory by stored channels",
+        backend.name()
+    );
+    println!(
+        "| stored channels | cold p50 µs | cold p99 µs | warm p50 µs | warm p99 µs | RSS MiB | store on disk MiB |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let samples: u64 = if quick { 300 } else { 2_000 };
+    let sizes: &[u64] = if quick {
+        &[1_000, 100_000]
+    } else {
+        &[1_000, 100_000, 1_000_000]
+    };
+    for &n in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledStoreConfig::new(dir.path().join("db"))).unwrap();
+        seed(&store, s, n).await;
+        let e = engine(s, store.clone(), backend);
+        // sample channels spread over the whole range
+        let step = (n / samples).max(1);
+        let chosen: Vec<u64> = (0..samples).map(|i| (i * step + 7) % n).collect();
+        let mut pcs: Vec<_> = chosen
+            .iter()
+            .map(|&ch| {
+                let cfg = config(s, ch);
+                (
+                    paychan_core::batch::payer::PayerChannel::from_chain(
+                        &s.domain, cfg, BALANCE, 0,
+                    ),
+                    ch,
+                )
+            })
+            .collect();
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        for round in 0..2 {
+            let mut payloads = Vec::new();
+            for (pc, ch) in &mut pcs {
+                let payer = &s.payers[(*ch % s.payers.len() as u64) as usize];
+                let p = pc.voucher_payload(&s.domain, payer, PRICE).unwrap();
+                pc.charged += PRICE;
+                payloads.push(PaymentPayload {
+                    x402_version: X402_VERSION,
+                    resource: None,
+                    accepted: s.offer.to_generic(),
+                    payload: BatchPayload::Voucher(p),
+                    extensions: None,
+                });
+            }
+            for p in &payloads {
+                let t = Instant::now();
+                accept(&e, p, &s.offer).await;
+                if round == 0 {
+                    cold.push(t.elapsed())
+                } else {
+                    warm.push(t.elapsed())
+                }
+            }
+        }
+        let disk = store.stats().await.unwrap().disk_bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            pct(&mut cold, 0.5),
+            pct(&mut cold, 0.99),
+            pct(&mut warm, 0.5),
+            pct(&mut warm, 0.99),
+            rss_mib(),
+            disk
+        );
+        drop(e);
+        drop(store);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let backend = match args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        Some("k256") => Backend::K256,
+        Some("libsecp256k1") | None => Backend::Libsecp256k1,
+        Some(other) => panic!("unknown backend {other}"),
+    };
+    let scenario = args
+        .iter()
+        .find(|a| matches!(a.as_str(), "throughput" | "scale" | "all"))
+        .cloned()
+        .unwrap_or_else(|| "all".into());
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let only_channels: Option<u64> = arg("--channels").map(|c| c.parse().unwrap());
+    let only_durability: Option<Durability> = arg("--durability").map(|d| d.parse().unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let chain = Arc::new(DevChain::start().await.unwrap());
+        let reader = ChainReader::connect(ChainConfig::new(chain.rpc_url(), chain.chain_id()))
+            .await
+            .unwrap();
+        let domain = BatchDomain::new(chain.chain_id(), ESCROW);
+        let offer = offer_for(&chain);
+        let payers = (0..64u64)
+            .map(|i| {
+                let mut k = [7u8; 32];
+                k[24..].copy_from_slice(&(i + 1).to_be_bytes());
+                LocalSigner::from_bytes(&B256::from(k)).unwrap()
+            })
+            .collect();
+        let s = Setup {
+            _chain: chain,
+            reader,
+            domain,
+            offer,
+            payers,
+        };
+        println!(
+            "engine load benchmark: {} cores, backend {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            backend.name()
+        );
+        if scenario == "throughput" || scenario == "all" {
+            throughput(&s, backend, quick, only_channels, only_durability).await;
+        }
+        if scenario == "scale" || scenario == "all" {
+            scale(&s, backend, quick).await;
+        }
+    });
+}
