@@ -22,7 +22,7 @@ use paychan_core::{
     sig::{Backend, LocalSigner},
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse, X402_VERSION},
 };
-use paychan_store::{AggregateOp, Store, WriteBatch};
+use paychan_store::{Store, WriteBatch};
 use tokio::sync::{OwnedMutexGuard, broadcast};
 
 use crate::{
@@ -616,14 +616,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         let charge = payee::commit(&mut record, &reservation, actual, now)
             .map_err(|r| self.decline(r.into()))?;
         if charge.amount > 0 || deposit.is_some() {
-            let mut batch = WriteBatch::channel(record.clone());
-            if charge.amount > 0 {
-                batch.aggregates.push((
-                    record.config.receiver,
-                    record.config.token,
-                    AggregateOp::AddCharged(charge.amount),
-                ));
-            }
+            let batch = WriteBatch::channel(record.clone());
             let started = std::time::Instant::now();
             self.inner.store.commit(batch).await.map_err(|e| {
                 Metrics::inc(&self.inner.metrics.aborted);

@@ -221,6 +221,18 @@ pub fn decode_channel(key: &[u8], v: &[u8]) -> Result<ChannelRecord> {
     })
 }
 
+/// The charged total of a stored v1 channel record if it pays `receiver` in `token`: a peek at
+/// three fields, without decoding the whole record (for summing aggregates over many channels).
+pub fn peek_charged(v: &[u8], receiver: &Address, token: &Address) -> Option<u128> {
+    if v.len() != CHANNEL_V1_LEN || v[0] != CHANNEL_V1 {
+        return None;
+    }
+    // layout: version 1, id 32, payer 20, payerAuthorizer 20, receiver 20 (73..93),
+    // receiverAuthorizer 20, token 20 (113..133), withdrawDelay 8, salt 32, charged 16 (173..189)
+    (&v[73..93] == receiver.as_slice() && &v[113..133] == token.as_slice())
+        .then(|| u128::from_be_bytes(v[173..189].try_into().unwrap_or([0; 16])))
+}
+
 /// Encodes a JSON record behind its format byte.
 pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
     let mut v = vec![JSON_V1];
@@ -291,6 +303,21 @@ mod tests {
             assert_eq!(v.len(), CHANNEL_V1_LEN);
             assert_eq!(decode_channel(&channel_key(&r.channel_id), &v).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn peeking_the_charged_total_reads_the_right_fields() {
+        let r = sample(true);
+        let v = encode_channel(&r);
+        assert_eq!(
+            peek_charged(&v, &r.config.receiver, &r.config.token),
+            Some(r.charged)
+        );
+        assert_eq!(peek_charged(&v, &r.config.token, &r.config.receiver), None);
+        assert_eq!(
+            peek_charged(&v[1..], &r.config.receiver, &r.config.token),
+            None
+        );
     }
 
     #[test]

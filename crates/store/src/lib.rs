@@ -66,12 +66,13 @@ pub enum Error {
 /// `Result` with the store's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Totals for one (receiver, token): what requests were charged, and what is claimed and settled
-/// on chain.
+/// Totals for one (receiver, token): what requests were charged (derived from the channel
+/// records, so it is exact after any crash), and what is claimed and settled on chain (mirrored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Aggregate {
-    /// Sum of every committed charge.
-    #[serde(with = "paychan_core::amount::u128_dec")]
+    /// Sum of the charged totals of the channels paying this receiver in this token. Computed by
+    /// [`Store::aggregate`] from the channel records (a scan), not stored.
+    #[serde(default, with = "paychan_core::amount::u128_dec")]
     pub charged: u128,
     /// Claimed on chain (`receivers(r, t).totalClaimed`).
     #[serde(with = "paychan_core::amount::u128_dec")]
@@ -84,8 +85,6 @@ pub struct Aggregate {
 /// A change to an [`Aggregate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AggregateOp {
-    /// Add to `charged`.
-    AddCharged(u128),
     /// Set the mirrored on-chain totals.
     SetOnchain {
         /// Claimed.
@@ -287,7 +286,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ChannelRecord>>> + Send;
     /// Applies `batch` atomically; resolves when it is durable.
     fn commit(&self, batch: WriteBatch) -> impl Future<Output = Result<()>> + Send;
-    /// The aggregate of (receiver, token).
+    /// The aggregate of (receiver, token): the stored on-chain totals, and the charged total summed
+    /// over the channel records (a scan of every channel: an administrative query, not a hot path).
     fn aggregate(
         &self,
         receiver: Address,

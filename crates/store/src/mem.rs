@@ -109,11 +109,18 @@ impl Store for MemStore {
 
     async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
         let key = codec::aggregate_key(&receiver, &token);
-        Ok(self
+        let mut agg: Aggregate = self
             .get(&key)?
             .map(|v| codec::decode_json(&key, &v))
             .transpose()?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let g = self.lock()?;
+        agg.charged = g
+            .map
+            .range(vec![codec::CHANNEL_PREFIX]..vec![codec::CHANNEL_PREFIX + 1])
+            .filter_map(|(_, v)| codec::peek_charged(v, &receiver, &token))
+            .fold(0u128, u128::saturating_add);
+        Ok(agg)
     }
 
     async fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {

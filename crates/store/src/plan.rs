@@ -34,13 +34,10 @@ pub(crate) fn add(plan: &mut Plan, batch: &WriteBatch, read: Read<'_>) -> Result
             Some(v) => codec::decode_json(&key, &v)?,
             None => Aggregate::default(),
         };
-        match *op {
-            AggregateOp::AddCharged(n) => agg.charged = agg.charged.saturating_add(n),
-            AggregateOp::SetOnchain { claimed, settled } => {
-                agg.claimed = claimed;
-                agg.settled = settled;
-            }
-        }
+        let AggregateOp::SetOnchain { claimed, settled } = *op;
+        agg.claimed = claimed;
+        agg.settled = settled;
+        agg.charged = 0; // derived on read, never stored
         plan.insert(key, Some(codec::encode_json(&agg)));
     }
     for e in &batch.journal {

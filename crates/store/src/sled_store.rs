@@ -1,9 +1,15 @@
 //! The on-disk store: sled 0.34, one keyspace, group commit.
 //!
-//! **Group commit.** [`Store::commit`] hands its batch to a single committer thread and waits.
-//! The committer takes every batch queued at that moment (up to `max_group`), turns them into
-//! one `sled::Batch` (applied atomically), makes it durable once, and then answers every waiter.
-//! Concurrent requests on different channels therefore share one flush.
+//! **Commit path.** [`Store::commit`] applies its batch to sled at once, on the caller's thread
+//! (`Tree::apply_batch`: atomic, microseconds, visible to readers immediately), takes a sequence
+//! number, and waits until a flush covering that number has completed. One flusher thread does
+//! nothing but flush: it reads the highest applied sequence number, flushes, and publishes that
+//! number as durable, so every commit applied before it started shares that one flush (group
+//! commit). Keeping the CPU work on the callers and only the I/O on the flusher means a commit
+//! never waits for another thread to be scheduled merely to do work it could do itself.
+//!
+//! A batch whose changes read stored values (aggregates) is applied under a lock so that two such
+//! batches cannot interleave their read-modify-write.
 //!
 //! **What makes a commit durable** ([`Durability::Fsync`], the default): `Db::flush()` writes
 //! sled's log buffer to `<dir>/db` with `pwrite` and, on Linux, `sync_file_range(WAIT_BEFORE |
@@ -23,15 +29,16 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Condvar, Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use alloy_primitives::{Address, B256};
 use paychan_core::batch::payee::ChannelRecord;
+use tokio::sync::watch;
 
 use crate::{
     Aggregate, Error, JournalEntry, PayerChannelRecord, Result, Store, StoreStats, WriteBatch,
@@ -73,43 +80,64 @@ pub struct SledStoreConfig {
     pub durability: Durability,
     /// sled page cache size, bytes.
     pub cache_bytes: u64,
-    /// Most batches grouped into one flush.
-    pub max_group: usize,
-    /// Under contention (a group of two or more batches already waiting), how long the committer
-    /// waits for more before flushing. Larger groups mean fewer flushes per request; a lone
-    /// request never waits. Default 300 µs.
-    pub group_window: std::time::Duration,
+    /// When two or more commits are waiting for a flush, how long the flusher waits for more
+    /// before flushing: fewer flushes per request under load. A lone commit never waits.
+    /// Default 200 µs.
+    pub group_window: Duration,
 }
 
 impl SledStoreConfig {
-    /// Defaults for `path`: fsync durability, 256 MiB cache, groups of up to 4096 batches.
+    /// Defaults for `path`: fsync durability, 256 MiB cache, 200 µs group window.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             durability: Durability::Fsync,
             cache_bytes: 256 << 20,
-            max_group: 4096,
-            group_window: std::time::Duration::from_micros(300),
+            group_window: Duration::from_micros(200),
         }
     }
 }
 
-type Job = (WriteBatch, tokio::sync::oneshot::Sender<Result<()>>);
+/// What the flusher has made durable. A failed flush is sticky: the store fails closed, and
+/// every later commit fails until it is reopened (after an I/O error nothing more may be
+/// acknowledged as durable).
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    /// Every commit with a sequence number up to this is durable.
+    seq: u64,
+    /// A flush failed: commits waiting for it fail with this.
+    failed: Option<Error>,
+}
+
+struct Shared {
+    /// Highest sequence number applied to sled.
+    applied: AtomicU64,
+    /// Wakes the flusher when `applied` moves.
+    pending: Mutex<bool>,
+    wake: Condvar,
+    closing: Mutex<bool>,
+    flushes: AtomicU64,
+    batches: AtomicU64,
+}
 
 struct Inner {
     db: sled::Db,
     path: PathBuf,
-    tx: Option<mpsc::Sender<Job>>,
-    committer: Option<JoinHandle<()>>,
-    commits: Arc<AtomicU64>,
-    batches: Arc<AtomicU64>,
+    durability: Durability,
+    shared: Arc<Shared>,
+    durable: watch::Receiver<Durable>,
+    /// Serializes batches that read stored values (read-modify-write).
+    rmw: Mutex<()>,
+    flusher: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue ends the committer after it has answered every queued batch.
-        self.tx.take();
-        if let Some(h) = self.committer.take() {
+        if let Ok(mut c) = self.shared.closing.lock() {
+            *c = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(h) = self.flusher.take() {
             let _ = h.join();
         }
     }
@@ -152,36 +180,36 @@ impl SledStore {
         } else {
             None
         };
-        let (tx, rx) = mpsc::channel::<Job>();
-        let commits = Arc::new(AtomicU64::new(0));
-        let batches = Arc::new(AtomicU64::new(0));
-        let committer = {
-            let db = db.clone();
-            let (commits, batches) = (commits.clone(), batches.clone());
-            let max_group = config.max_group.max(1);
-            let durability = config.durability;
-            let window = if durability == Durability::None {
-                std::time::Duration::ZERO
-            } else {
-                config.group_window
-            };
-            std::thread::Builder::new()
-                .name("paychan-store-commit".into())
-                .spawn(move || {
-                    commit_loop(
-                        db, rx, max_group, window, durability, data_file, commits, batches,
-                    )
-                })
-                .map_err(io)?
+        let shared = Arc::new(Shared {
+            applied: AtomicU64::new(0),
+            pending: Mutex::new(false),
+            wake: Condvar::new(),
+            closing: Mutex::new(false),
+            flushes: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        });
+        let (durable_tx, durable_rx) = watch::channel(Durable::default());
+        let flusher = if config.durability == Durability::None {
+            None
+        } else {
+            let (db, shared) = (db.clone(), shared.clone());
+            let window = config.group_window;
+            Some(
+                std::thread::Builder::new()
+                    .name("paychan-store-flush".into())
+                    .spawn(move || flush_loop(db, shared, durable_tx, data_file, window))
+                    .map_err(io)?,
+            )
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 path: config.path,
-                tx: Some(tx),
-                committer: Some(committer),
-                commits,
-                batches,
+                durability: config.durability,
+                shared,
+                durable: durable_rx,
+                rmw: Mutex::new(()),
+                flusher,
             }),
         })
     }
@@ -218,6 +246,38 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+
+    /// Applies `batch` to sled atomically and returns its sequence number.
+    fn apply(&self, batch: &WriteBatch) -> Result<u64> {
+        let db = &self.inner.db;
+        let read = |k: &[u8]| -> Result<Option<Vec<u8>>> {
+            Ok(db.get(k).map_err(io)?.map(|v| v.to_vec()))
+        };
+        let needs_reads = !batch.aggregates.is_empty();
+        let _guard = if needs_reads {
+            Some(
+                self.inner
+                    .rmw
+                    .lock()
+                    .map_err(|_| io("store lock poisoned"))?,
+            )
+        } else {
+            None
+        };
+        let mut p = plan::Plan::new();
+        plan::add(&mut p, batch, &read)?;
+        let mut sb = sled::Batch::default();
+        for (k, v) in p {
+            match v {
+                Some(v) => sb.insert(k, v),
+                None => sb.remove(k),
+            }
+        }
+        db.apply_batch(sb).map_err(io)?;
+        // Numbered after the apply completed: a flush that starts after reading this number
+        // covers this batch.
+        Ok(self.inner.shared.applied.fetch_add(1, Ordering::SeqCst) + 1)
     }
 }
 
@@ -257,89 +317,57 @@ fn check_format(db: &sled::Db) -> Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn commit_loop(
+fn flush_loop(
     db: sled::Db,
-    rx: mpsc::Receiver<Job>,
-    max_group: usize,
-    window: std::time::Duration,
-    durability: Durability,
+    shared: Arc<Shared>,
+    durable: watch::Sender<Durable>,
     data_file: Option<File>,
-    commits: Arc<AtomicU64>,
-    batches: Arc<AtomicU64>,
+    window: Duration,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        drain(&rx, &mut jobs, max_group);
-        // Contention: others are committing too. Wait a little for more to share the flush.
-        if jobs.len() >= 2 && !window.is_zero() {
-            let deadline = std::time::Instant::now() + window;
-            while jobs.len() < max_group {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
+    let mut flushed = 0u64;
+    loop {
+        // Sleep until something was applied past what is durable, or the store closes.
+        {
+            let Ok(mut pending) = shared.pending.lock() else {
+                return;
+            };
+            while !*pending && shared.applied.load(Ordering::SeqCst) <= flushed {
+                if shared.closing.lock().map(|c| *c).unwrap_or(true) {
+                    return;
                 }
-                match rx.recv_timeout(left) {
-                    Ok(j) => {
-                        jobs.push(j);
-                        drain(&rx, &mut jobs, max_group);
-                    }
-                    Err(_) => break,
-                }
+                pending = match shared
+                    .wake
+                    .wait_timeout(pending, Duration::from_millis(100))
+                {
+                    Ok((p, _)) => p,
+                    Err(_) => return,
+                };
+            }
+            *pending = false;
+        }
+        // Under contention, give the others a moment to join this flush.
+        if !window.is_zero() && shared.applied.load(Ordering::SeqCst) >= flushed + 2 {
+            std::thread::sleep(window);
+        }
+        let target = shared.applied.load(Ordering::SeqCst);
+        let result = db.flush().map_err(io).and_then(|_| match &data_file {
+            Some(f) => f
+                .sync_data()
+                .map_err(|e| Error::Io(format!("fdatasync: {e}"))),
+            None => Ok(()),
+        });
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                flushed = target;
+                durable.send_modify(|d| d.seq = target);
+            }
+            Err(e) => {
+                tracing::error!(target: "paychan_store", error = %e, "flush failed");
+                durable.send_modify(|d| d.failed = Some(e));
             }
         }
-        let result = apply_group(&db, &jobs, durability, data_file.as_ref());
-        commits.fetch_add(1, Ordering::Relaxed);
-        batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        for (_, reply) in jobs {
-            let _ = reply.send(result.clone());
-        }
     }
-}
-
-fn drain(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>, max_group: usize) {
-    while jobs.len() < max_group {
-        match rx.try_recv() {
-            Ok(j) => jobs.push(j),
-            Err(_) => break,
-        }
-    }
-}
-
-fn apply_group(
-    db: &sled::Db,
-    jobs: &[Job],
-    durability: Durability,
-    data_file: Option<&File>,
-) -> Result<()> {
-    let mut p = plan::Plan::new();
-    let read =
-        |k: &[u8]| -> Result<Option<Vec<u8>>> { Ok(db.get(k).map_err(io)?.map(|v| v.to_vec())) };
-    for (batch, _) in jobs {
-        plan::add(&mut p, batch, &read)?;
-    }
-    let mut sb = sled::Batch::default();
-    for (k, v) in p {
-        match v {
-            Some(v) => sb.insert(k, v),
-            None => sb.remove(k),
-        }
-    }
-    db.apply_batch(sb).map_err(io)?;
-    match durability {
-        Durability::Fsync => {
-            db.flush().map_err(io)?;
-            if let Some(f) = data_file {
-                f.sync_data()
-                    .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
-            }
-        }
-        Durability::Flush => {
-            db.flush().map_err(io)?;
-        }
-        Durability::None => {}
-    }
-    Ok(())
 }
 
 impl Store for SledStore {
@@ -370,23 +398,42 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .tx
-            .as_ref()
-            .ok_or(Error::Closed)?
-            .send((batch, tx))
+        let seq = self.apply(&batch)?;
+        self.inner.shared.batches.fetch_add(1, Ordering::Relaxed);
+        if self.inner.durability == Durability::None {
+            return Ok(());
+        }
+        if let Ok(mut p) = self.inner.shared.pending.lock() {
+            *p = true;
+        }
+        self.inner.shared.wake.notify_one();
+        let mut rx = self.inner.durable.clone();
+        let state = rx
+            .wait_for(|d| d.seq >= seq || d.failed.is_some())
+            .await
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        match &state.failed {
+            Some(e) if state.seq < seq => Err(e.clone()),
+            _ => Ok(()),
+        }
     }
 
     async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
         let key = codec::aggregate_key(&receiver, &token);
-        Ok(self
+        let mut agg: Aggregate = self
             .get(&key)?
             .map(|v| codec::decode_json(&key, &v))
             .transpose()?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let mut charged = 0u128;
+        for kv in self.inner.db.scan_prefix([codec::CHANNEL_PREFIX]) {
+            let (_, v) = kv.map_err(io)?;
+            if let Some(c) = codec::peek_charged(&v, &receiver, &token) {
+                charged = charged.saturating_add(c);
+            }
+        }
+        agg.charged = charged;
+        Ok(agg)
     }
 
     async fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
@@ -454,8 +501,8 @@ impl Store for SledStore {
         Ok(StoreStats {
             channels,
             disk_bytes: self.inner.db.size_on_disk().map_err(io)?,
-            commits: self.inner.commits.load(Ordering::Relaxed),
-            batches: self.inner.batches.load(Ordering::Relaxed),
+            commits: self.inner.shared.flushes.load(Ordering::Relaxed),
+            batches: self.inner.shared.batches.load(Ordering::Relaxed),
         })
     }
 }
