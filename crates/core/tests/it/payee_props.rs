@@ -249,3 +249,63 @@ fn corrective_402_carries_state_and_the_last_voucher() {
     // and the offer itself still matches what the client accepted
     req.matches_accepted(&corr).unwrap();
 }
+
+#[test]
+fn vouchers_signed_under_another_domain_are_refused() {
+    use alloy_primitives::{Bytes, address};
+    use paychan_core::batch::{BatchDomain, VoucherFields};
+    let signer = payer();
+    let d = domain();
+    let req = requirements(10);
+    let cfg = config(signer.address());
+    let id = d.channel_id(&cfg);
+    let record = ChannelRecord::from_chain(
+        id,
+        cfg,
+        OnchainState {
+            balance: 100,
+            ..Default::default()
+        },
+        0,
+    );
+    let ctx = CheckContext {
+        domain: &d,
+        requirements: &req,
+        now_ms: 0,
+        max_onchain_age_ms: u64::MAX,
+        backend: Backend::K256,
+    };
+    let forged = |other: BatchDomain| {
+        let sig = signer.sign_digest(&other.voucher_digest(id, 10)).unwrap();
+        VoucherFields {
+            channel_id: id,
+            max_claimable_amount: 10,
+            signature: Bytes::copy_from_slice(&sig.to_bytes()),
+        }
+    };
+    // another chain, another escrow: same channel id and amount, different domain
+    for other in [
+        BatchDomain::new(8453, paychan_core::batch::canonical::ESCROW),
+        BatchDomain::new(31337, address!("00000000000000000000000000000000000000aa")),
+    ] {
+        let err = payee::check_paid(&record, None, &forged(other), None, &ctx).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Reject(r) if r.code == paychan_core::ErrorCode::VoucherSignature)
+        );
+    }
+    // a claim-batch signature is not a voucher signature (distinct type hashes)
+    let entry = paychan_core::batch::ClaimEntry {
+        channel_id: id,
+        max_claimable_amount: 10,
+        total_claimed: 10,
+    };
+    let sig = signer.sign_digest(&d.claim_batch_digest(&[entry])).unwrap();
+    let v = VoucherFields {
+        channel_id: id,
+        max_claimable_amount: 10,
+        signature: Bytes::copy_from_slice(&sig.to_bytes()),
+    };
+    assert!(payee::check_paid(&record, None, &v, None, &ctx).is_err());
+    // the genuine voucher passes
+    assert!(payee::check_paid(&record, None, &voucher(&signer, id, 10), None, &ctx).is_ok());
+}
