@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`facilitator`] | [`Facilitator`], its settings, `/supported`, the engine's `PaymentFacilitator` |
+//! | [`verify`] | `/verify`: the scheme's verification rules for deposits, vouchers and refunds |
+//! | [`settle`] | `/settle`: deposits, claims, settles and refunds on chain, idempotent |
+//! | [`records`] | settlement records that make retries answer instead of act |
+//! | [`http`] | the HTTP API: [`router`], [`serve`] |
+//! | [`client`] | [`HttpFacilitator`]: a client of any facilitator's HTTP API |
+//! | [`error`] | [`Error`] |
+
+mod calls;
+pub mod client;
+pub mod error;
+pub mod facilitator;
+pub mod http;
+pub mod records;
+pub mod settle;
+pub mod verify;
+
+pub use client::{HttpFacilitator, HttpFacilitatorConfig};
+pub use error::{Error, Result};
+pub use facilitator::{Facilitator, FacilitatorConfig};
+pub use http::{MAX_BODY_BYTES, router, serve};
+
+/// Tracing target of this crate.
+pub const TARGET: &str = "paychan_facilitator";
