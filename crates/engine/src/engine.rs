@@ -127,8 +127,29 @@ impl Ticket {
     }
 }
 
+/// Deposits remembered as `settlement_pending`, at most this many.
+const MAX_PENDING_DEPOSITS: usize = 10_000;
+
+/// Identifies one deposit authorization: its channel and ERC-3009 salt (or, for other
+/// authorizations, the voucher signature).
+fn deposit_key(channel_id: B256, d: &paychan_core::batch::DepositPayload) -> B256 {
+    let salt = d
+        .deposit
+        .authorization
+        .erc3009_authorization
+        .as_ref()
+        .map(|a| B256::from(a.salt));
+    let mut buf = channel_id.to_vec();
+    match salt {
+        Some(s) => buf.extend_from_slice(s.as_slice()),
+        None => buf.extend_from_slice(&d.voucher.signature),
+    }
+    alloy_primitives::keccak256(buf)
+}
+
 struct Inner<S, C, F, K> {
     config: EngineConfig,
+    pending_deposits: std::sync::Mutex<std::collections::HashSet<B256>>,
     store: S,
     chain: C,
     facilitator: F,
@@ -187,6 +208,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         Self {
             inner: Arc::new(Inner {
                 config,
+                pending_deposits: Default::default(),
                 store,
                 chain,
                 facilitator,
@@ -392,41 +414,58 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                 let mut guard = self.lock(id).await?;
                 self.load(&mut guard, id).await?;
                 let generic = offer.to_generic();
-                let verify = self
+                // A deposit whose settlement answered `settlement_pending` may already be on
+                // chain; verifying it again would refuse its (now used) authorization. Its retry
+                // goes straight to settle, which reconciles with the earlier transaction.
+                let pending_key = deposit_key(id, d);
+                let was_pending = self
                     .inner
-                    .facilitator
-                    .verify(p, &generic)
-                    .await
-                    .map_err(|e| {
-                        Decline::code(ErrorCode::DepositSimulationFailed, e.to_string())
-                    })?;
-                if !verify.is_valid {
-                    let code = verify.invalid_reason.unwrap_or(ErrorCode::DepositPayload);
-                    let msg = verify
-                        .invalid_message
-                        .unwrap_or_else(|| code.description().to_owned());
-                    return Err(Decline::code(code, msg));
-                }
-                let now = self.now();
-                let state = match snapshot_from(verify.extra.as_ref(), false) {
-                    Some(s) => OnchainState::from(&s),
-                    None => self.read_chain(id).await?,
-                };
-                let mut record = match guard.record.clone() {
-                    Some(mut r) => {
-                        r.sync_onchain(state, now);
-                        r
+                    .pending_deposits
+                    .lock()
+                    .is_ok_and(|p| p.contains(&pending_key));
+                let mut checked = None;
+                if !was_pending {
+                    let verify = self
+                        .inner
+                        .facilitator
+                        .verify(p, &generic)
+                        .await
+                        .map_err(|e| {
+                            Decline::code(ErrorCode::DepositSimulationFailed, e.to_string())
+                        })?;
+                    if !verify.is_valid {
+                        let code = verify.invalid_reason.unwrap_or(ErrorCode::DepositPayload);
+                        let msg = verify
+                            .invalid_message
+                            .unwrap_or_else(|| code.description().to_owned());
+                        return Err(Decline::code(code, msg));
                     }
-                    None => ChannelRecord::from_chain(id, d.channel_config, state, now),
-                };
-                let res = payee::check_paid(
-                    &record,
-                    guard.key.as_ref(),
-                    &d.voucher,
-                    Some(d.deposit.amount),
-                    &self.ctx(offer, now),
-                );
-                let res = self.refusal_to_decline(res, offer, &record)?;
+                    let now = self.now();
+                    let state = match snapshot_from(verify.extra.as_ref(), false) {
+                        Some(s) => OnchainState::from(&s),
+                        None => self.read_chain(id).await?,
+                    };
+                    let record = match guard.record.clone() {
+                        Some(mut r) => {
+                            r.sync_onchain(state, now);
+                            r
+                        }
+                        None => ChannelRecord::from_chain(id, d.channel_config, state, now),
+                    };
+                    // The voucher is checked against the balance the deposit will make, before
+                    // the deposit is executed: a wrong voucher never moves the payer's money.
+                    let res = payee::check_paid(
+                        &record,
+                        guard.key.as_ref(),
+                        &d.voucher,
+                        Some(d.deposit.amount),
+                        &self.ctx(offer, now),
+                    );
+                    checked = Some((
+                        record.clone(),
+                        self.refusal_to_decline(res, offer, &record)?,
+                    ));
+                }
                 // Execute the deposit before serving: the handler never runs against money that
                 // is not in the channel yet.
                 let settled = self
@@ -441,10 +480,19 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                     let code = settled
                         .error_reason
                         .unwrap_or(ErrorCode::DepositTransactionFailed);
+                    if code == ErrorCode::SettlementPending
+                        && let Ok(mut pending) = self.inner.pending_deposits.lock()
+                        && pending.len() < MAX_PENDING_DEPOSITS
+                    {
+                        pending.insert(pending_key);
+                    }
                     let msg = settled
                         .error_message
                         .unwrap_or_else(|| code.description().to_owned());
                     return Err(Decline::code(code, msg));
+                }
+                if let Ok(mut pending) = self.inner.pending_deposits.lock() {
+                    pending.remove(&pending_key);
                 }
                 Metrics::inc(&self.inner.metrics.deposits);
                 let tx: B256 = settled.transaction.parse().unwrap_or_default();
@@ -452,7 +500,33 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                     Some(s) => OnchainState::from(&s),
                     None => self.read_chain(id).await?,
                 };
-                record.sync_onchain(after, self.now());
+                let now = self.now();
+                let (record, res) = match checked {
+                    Some((mut record, res)) => {
+                        record.sync_onchain(after, now);
+                        (record, res)
+                    }
+                    None => {
+                        // The deposit is on chain now: check the voucher against that state (its
+                        // amount is already in the balance).
+                        let record = match guard.record.clone() {
+                            Some(mut r) => {
+                                r.sync_onchain(after, now);
+                                r
+                            }
+                            None => ChannelRecord::from_chain(id, d.channel_config, after, now),
+                        };
+                        let res = payee::check_paid(
+                            &record,
+                            guard.key.as_ref(),
+                            &d.voucher,
+                            Some(0),
+                            &self.ctx(offer, now),
+                        );
+                        let res = self.refusal_to_decline(res, offer, &record)?;
+                        (record, res)
+                    }
+                };
                 if let Some(k) = &res.recovered_key {
                     guard.key = Some(k.clone());
                 }
