@@ -43,6 +43,37 @@ pub(crate) struct File {
     /// Paid routes.
     #[serde(rename = "route", default)]
     pub(crate) routes: Vec<RouteSection>,
+    /// Who executes deposits and refunds (absent: nobody; clients must open channels elsewhere).
+    pub(crate) facilitator: Option<FacilitatorSection>,
+}
+
+/// `[facilitator]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FacilitatorSection {
+    /// `local` (paychan's facilitator in-process) or the http(s) URL of an x402 facilitator.
+    #[serde(rename = "use")]
+    pub(crate) use_: String,
+    /// File holding the relayer's key (local only). Or set `PAYCHAN_RELAYER_KEY`.
+    pub(crate) relayer_key_file: Option<PathBuf>,
+    /// Confirmations before a transaction counts (local only; default 3, 1 on chain 31337).
+    pub(crate) confirmations: Option<u64>,
+}
+
+/// Which facilitator to use.
+#[derive(Debug)]
+pub(crate) enum FacilitatorChoice {
+    /// None.
+    None,
+    /// In-process, sending with this key.
+    Local {
+        /// The relayer's key.
+        relayer: LocalSigner,
+        /// Confirmations.
+        confirmations: Option<u64>,
+    },
+    /// Over HTTP.
+    Remote(String),
 }
 
 /// `[chain]`.
@@ -122,7 +153,12 @@ pub(crate) struct Config {
     pub(crate) routes: Vec<(Option<String>, String, BatchRequirements, Option<String>)>,
     /// The receiver authorizer's key, if provided.
     pub(crate) receiver_authorizer: Option<LocalSigner>,
+    /// The facilitator.
+    pub(crate) facilitator: FacilitatorChoice,
 }
+
+/// Environment variable holding the relayer's key.
+pub(crate) const RELAYER_KEY_ENV: &str = "PAYCHAN_RELAYER_KEY";
 
 /// Environment variable holding the receiver authorizer's key.
 pub(crate) const RECEIVER_AUTHORIZER_KEY_ENV: &str = "PAYCHAN_RECEIVER_AUTHORIZER_KEY";
@@ -269,7 +305,35 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("demo_price_per_token: {e}"))?,
             None => 10,
         };
+        let facilitator = match &f.facilitator {
+            None => FacilitatorChoice::None,
+            Some(fs) if fs.use_ == "local" => {
+                let file = fs.relayer_key_file.as_ref().map(|k| base.join(k));
+                let relayer = load_key(file.as_deref(), RELAYER_KEY_ENV)?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "facilitator.use = \"local\" needs the relayer's key: set facilitator.relayer_key_file or {RELAYER_KEY_ENV}"
+                    )
+                })?;
+                FacilitatorChoice::Local {
+                    relayer,
+                    confirmations: fs.confirmations,
+                }
+            }
+            Some(fs) if fs.use_.starts_with("http://") || fs.use_.starts_with("https://") => {
+                if fs.relayer_key_file.is_some() || fs.confirmations.is_some() {
+                    bail!(
+                        "facilitator.relayer_key_file and confirmations only apply to use = \"local\""
+                    );
+                }
+                FacilitatorChoice::Remote(fs.use_.clone())
+            }
+            Some(fs) => bail!(
+                "facilitator.use must be \"local\" or an http(s) URL, not {:?}",
+                fs.use_
+            ),
+        };
         Ok(Self {
+            facilitator,
             listen,
             data_dir: base.join(&f.data_dir),
             durability,

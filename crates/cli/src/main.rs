@@ -1,6 +1,7 @@
 //! `paychan`: pay-per-call billing of AI inference over HTTP 402 (x402 v2, batch-settlement).
 
 mod config;
+mod wiring;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -38,6 +39,32 @@ enum Command {
         /// Override the listen address (`127.0.0.1:0` picks a free port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+    },
+    /// Serve paychan's x402 facilitator over HTTP (POST /verify, POST /settle, GET /supported) for
+    /// other x402 servers. Keys: PAYCHAN_RELAYER_KEY (required; pays gas), and optionally
+    /// PAYCHAN_RECEIVER_AUTHORIZER_KEY (to sign claims and refunds for servers that delegate).
+    Facilitator {
+        /// JSON-RPC URL of the chain.
+        #[arg(long, env = "PAYCHAN_RPC_URL")]
+        rpc_url: String,
+        /// Chain id (checked against the node).
+        #[arg(long, env = "PAYCHAN_CHAIN_ID")]
+        chain_id: u64,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8403")]
+        listen: std::net::SocketAddr,
+        /// Directory of the facilitator's journal (sled).
+        #[arg(long, default_value = "paychan-facilitator-data")]
+        data_dir: PathBuf,
+        /// File holding the relayer's key (instead of PAYCHAN_RELAYER_KEY).
+        #[arg(long)]
+        relayer_key_file: Option<PathBuf>,
+        /// File holding the receiver authorizer's key (instead of PAYCHAN_RECEIVER_AUTHORIZER_KEY).
+        #[arg(long)]
+        authorizer_key_file: Option<PathBuf>,
+        /// Confirmations before a transaction counts (default 3; 1 on chain 31337).
+        #[arg(long)]
+        confirmations: Option<u64>,
     },
     /// Run the whole dev stack: a dev chain with paychan's contracts, the engine and server, and
     /// a demo upstream. Everything is fresh on each start and gone on exit.
@@ -88,6 +115,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// Chain settings: anvil's chain id gets dev settings (one confirmation, short polls).
+fn chain_config(rpc_url: &str, chain_id: u64) -> ChainConfig {
+    if chain_id == 31337 {
+        ChainConfig::dev(rpc_url)
+    } else {
+        ChainConfig::new(rpc_url, chain_id)
+    }
+}
+
+/// paychan's facilitator on `store`, sending with `relayer`; first reconciles the relayer's
+/// journal with the chain (a restart never sends twice).
+async fn local_facilitator(
+    reader: &ChainReader,
+    store: &SledStore,
+    relayer: &paychan_core::sig::LocalSigner,
+    authorizer: Option<paychan_core::sig::LocalSigner>,
+) -> Result<paychan_facilitator::Facilitator<SledStore>> {
+    let relayer = paychan_chain::Relayer::new(reader.clone(), store.clone(), relayer.clone());
+    let report = relayer
+        .recover()
+        .await
+        .context("reconciling the relayer's journal with the chain")?;
+    tracing::info!(target: "paychan", ?report, address = %relayer_address(&relayer), "relayer ready");
+    paychan_facilitator::Facilitator::new(reader.clone(), relayer, authorizer)
+        .context("starting the facilitator")
+}
+
+fn relayer_address(r: &paychan_chain::Relayer<SledStore>) -> alloy_primitives::Address {
+    r.address()
+}
+
 /// Builds the engine and server for `cfg` and serves until `shutdown`. Prints one JSON line
 /// `{"event":"listening","addr":…}` on stdout once accepting connections.
 async fn run_server(
@@ -100,14 +158,36 @@ async fn run_server(
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = SledStore::open(store_cfg)
         .with_context(|| format!("opening the store at {}", cfg.data_dir.display()))?;
-    let reader = ChainReader::connect(ChainConfig::new(&cfg.rpc_url, cfg.chain_id))
+    let mut chain_cfg = chain_config(&cfg.rpc_url, cfg.chain_id);
+    if let config::FacilitatorChoice::Local {
+        confirmations: Some(n),
+        ..
+    } = &cfg.facilitator
+    {
+        chain_cfg.confirmations = *n;
+    }
+    chain_cfg.escrow = cfg.escrow;
+    let reader = ChainReader::connect(chain_cfg)
         .await
         .with_context(|| format!("connecting to the chain at {}", cfg.rpc_url))?;
+    let facilitator = match &cfg.facilitator {
+        config::FacilitatorChoice::None => wiring::AnyFacilitator::None(NoFacilitator),
+        config::FacilitatorChoice::Remote(url) => wiring::AnyFacilitator::Remote(
+            paychan_facilitator::HttpFacilitator::new(url.clone())
+                .with_context(|| format!("facilitator at {url}"))?,
+        ),
+        config::FacilitatorChoice::Local { relayer, .. } => {
+            wiring::AnyFacilitator::Local(Box::new(
+                local_facilitator(&reader, &store, relayer, cfg.receiver_authorizer.clone())
+                    .await?,
+            ))
+        }
+    };
     let mut ecfg = EngineConfig::new(BatchDomain::new(cfg.chain_id, cfg.escrow));
     ecfg.max_onchain_age = cfg.max_onchain_age;
     ecfg.busy_wait = cfg.busy_wait;
     ecfg.receiver_authorizer = cfg.receiver_authorizer.clone();
-    let engine = Engine::new(ecfg, store, reader, NoFacilitator);
+    let engine = Engine::new(ecfg, store, reader, facilitator);
     let mut routes = Vec::new();
     for (method, path, offer, description) in cfg.routes {
         let method = match method {
@@ -197,9 +277,16 @@ async fn dev(
             price: toml::Value::String(price.to_string()),
             description: Some("demo inference".into()),
         }],
+        facilitator: None,
     };
     let mut cfg = Config::from_file(file, std::path::Path::new("/"))?;
     cfg.receiver_authorizer = Some(paychan_core::sig::LocalSigner::from_bytes(&authorizer.key)?);
+    // paychan's own facilitator, sending with the dev relayer account: clients open channels
+    // with an ERC-3009 deposit in their first paid request.
+    cfg.facilitator = config::FacilitatorChoice::Local {
+        relayer: paychan_core::sig::LocalSigner::from_bytes(&chain.account(Role::Relayer).key)?,
+        confirmations: Some(1),
+    };
     let payer = chain.account(Role::Payer(0));
     eprintln!(
         "paychan dev stack\n  chain      {} (chain id {})\n  escrow     {}\n  collector  {}\n  token      {} (USD Coin v2, 6 decimals)\n  receiver   {}\n  server     http://{}/v1/chat/completions  (max {} per request, demo upstream at {} per token)\n  store      {}\n  test payer {} (anvil test key #1; holds dev tokens)\nCtrl-C stops everything.",
@@ -219,6 +306,55 @@ async fn dev(
     drop(chain);
     let _ = std::fs::remove_dir_all(&data);
     result
+}
+
+struct FacilitatorArgs {
+    rpc_url: String,
+    chain_id: u64,
+    listen: std::net::SocketAddr,
+    data_dir: PathBuf,
+    relayer_key_file: Option<PathBuf>,
+    authorizer_key_file: Option<PathBuf>,
+    confirmations: Option<u64>,
+}
+
+async fn facilitator(a: FacilitatorArgs) -> Result<()> {
+    let relayer = config::load_key(a.relayer_key_file.as_deref(), config::RELAYER_KEY_ENV)?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the relayer's key is needed: set {} or pass --relayer-key-file",
+                config::RELAYER_KEY_ENV
+            )
+        })?;
+    let authorizer = config::load_key(
+        a.authorizer_key_file.as_deref(),
+        config::RECEIVER_AUTHORIZER_KEY_ENV,
+    )?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let store = SledStore::open(SledStoreConfig::new(&a.data_dir))
+        .with_context(|| format!("opening the journal at {}", a.data_dir.display()))?;
+    let mut chain_cfg = chain_config(&a.rpc_url, a.chain_id);
+    if let Some(n) = a.confirmations {
+        chain_cfg.confirmations = n;
+    }
+    let reader = ChainReader::connect(chain_cfg)
+        .await
+        .with_context(|| format!("connecting to the chain at {}", a.rpc_url))?;
+    let f = local_facilitator(&reader, &store, &relayer, authorizer).await?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{}",
+            serde_json::json!({"event": "listening", "addr": addr.to_string()})
+        );
+    }
+    paychan_facilitator::serve(listener, f, shutdown_signal()).await?;
+    Ok(())
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
@@ -247,6 +383,26 @@ async fn main() {
             price,
             price_per_token,
         } => dev(listen, chain_port, price, price_per_token).await,
+        Command::Facilitator {
+            rpc_url,
+            chain_id,
+            listen,
+            data_dir,
+            relayer_key_file,
+            authorizer_key_file,
+            confirmations,
+        } => {
+            facilitator(FacilitatorArgs {
+                rpc_url,
+                chain_id,
+                listen,
+                data_dir,
+                relayer_key_file,
+                authorizer_key_file,
+                confirmations,
+            })
+            .await
+        }
     };
     if let Err(e) = result {
         eprintln!("paychan: {e:#}");
