@@ -4,12 +4,7 @@
 //! a dev chain; this test then checks on chain, independently of the script, that the money moved
 //! exactly as the script reports.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    str::FromStr,
-    time::{Duration, Instant},
-};
+use std::str::FromStr;
 
 use alloy::{
     primitives::{Address, B256, U256},
@@ -19,8 +14,8 @@ use paychan_bindings::BatchSettlement;
 use paychan_devchain::{DevChain, ESCROW, Role};
 use serde_json::Value;
 
-/// Upper bound for one run of the node script.
-const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::node::{NODE_TIMEOUT, amount, field, run_script, tx_hash};
+
 const REQUESTS: u128 = 5;
 const PRICE: u128 = 1000;
 
@@ -33,151 +28,44 @@ enum FacilitatorMode {
     Http,
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Fails with a useful message when node or the pinned reference packages are missing.
-async fn require_node(root: &Path) {
-    let version = tokio::process::Command::new("node")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    match version {
-        Ok(out) if out.status.success() => {}
-        other => panic!(
-            "interop test needs `node` (>= 20) on PATH, then `npm ci` at the repository root ({}): {other:?}",
-            root.display()
-        ),
-    }
-    for pkg in [
-        "@x402/evm",
-        "@x402/core",
-        "@x402/express",
-        "@x402/fetch",
-        "express",
-        "viem",
-    ] {
-        let manifest = root.join("node_modules").join(pkg).join("package.json");
-        assert!(
-            manifest.is_file(),
-            "{} is missing: run `npm ci` at the repository root ({})",
-            manifest.display(),
-            root.display()
-        );
-    }
-}
-
-fn field<'a>(summary: &'a Value, path: &[&str]) -> &'a Value {
-    let mut v = summary;
-    for key in path {
-        v = v
-            .get(key)
-            .unwrap_or_else(|| panic!("summary lacks {}: {summary}", path.join(".")));
-    }
-    v
-}
-
-fn amount(summary: &Value, key: &str) -> u128 {
-    let s = field(summary, &[key])
-        .as_str()
-        .unwrap_or_else(|| panic!("summary {key} is not a string: {summary}"));
-    s.parse()
-        .unwrap_or_else(|e| panic!("summary {key} = {s:?} is not an amount: {e}"))
-}
-
-fn tx_hash(summary: &Value, which: &str) -> B256 {
-    let s = field(summary, &["transactions", which])
-        .as_str()
-        .unwrap_or_else(|| panic!("summary transactions.{which} is not a string: {summary}"));
-    B256::from_str(s).unwrap_or_else(|e| panic!("transactions.{which} = {s:?}: {e}"))
-}
-
 /// Runs the script against `chain`; returns its JSON summary line.
 async fn run_reference_stack(chain: &DevChain, mode: FacilitatorMode) -> Value {
-    let root = repo_root();
-    require_node(&root).await;
-    let script = root.join("tests/interop/reference-stack.mjs");
-    assert!(script.is_file(), "{} is missing", script.display());
-
     let key = |role: Role| chain.account(role).key.to_string();
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(&script)
-        .current_dir(&root)
-        // Everything, keys included, goes through the environment, never argv.
-        .env("PAYCHAN_RPC_URL", chain.rpc_url())
-        .env("PAYCHAN_CHAIN_ID", chain.chain_id().to_string())
-        .env("PAYCHAN_TOKEN", chain.contracts().token.to_checksum(None))
-        .env("PAYCHAN_TOKEN_NAME", &chain.config().token_name)
-        .env("PAYCHAN_TOKEN_VERSION", &chain.config().token_version)
-        .env("PAYCHAN_PAYER_KEY", key(Role::Payer(0)))
-        .env(
+    let env = [
+        ("PAYCHAN_RPC_URL", chain.rpc_url().to_owned()),
+        ("PAYCHAN_CHAIN_ID", chain.chain_id().to_string()),
+        ("PAYCHAN_TOKEN", chain.contracts().token.to_checksum(None)),
+        ("PAYCHAN_TOKEN_NAME", chain.config().token_name.clone()),
+        (
+            "PAYCHAN_TOKEN_VERSION",
+            chain.config().token_version.clone(),
+        ),
+        ("PAYCHAN_PAYER_KEY", key(Role::Payer(0))),
+        (
             "PAYCHAN_RECEIVER_ADDRESS",
             chain.account(Role::Receiver).address.to_checksum(None),
-        )
-        .env(
+        ),
+        (
             "PAYCHAN_RECEIVER_AUTHORIZER_KEY",
             key(Role::ReceiverAuthorizer),
-        )
-        .env("PAYCHAN_RELAYER_KEY", key(Role::Relayer))
-        .env("PAYCHAN_REQUESTS", REQUESTS.to_string())
-        .env("PAYCHAN_PRICE", PRICE.to_string())
-        .env(
+        ),
+        ("PAYCHAN_RELAYER_KEY", key(Role::Relayer)),
+        ("PAYCHAN_REQUESTS", REQUESTS.to_string()),
+        ("PAYCHAN_PRICE", PRICE.to_string()),
+        (
             "PAYCHAN_TIMEOUT_MS",
             (NODE_TIMEOUT.as_millis() - 10_000).to_string(),
-        )
-        .env_remove("PAYCHAN_FACILITATOR_URL")
-        .env(
+        ),
+        (
             "PAYCHAN_FACILITATOR_HTTP",
             match mode {
                 FacilitatorMode::InProcess => "0",
                 FacilitatorMode::Http => "1",
-            },
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-
-    let started = Instant::now();
-    let child = cmd.spawn().expect("spawn node");
-    let out = tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "reference-stack.mjs did not finish within {NODE_TIMEOUT:?} (killed; run it by hand, see tests/interop/README.md)"
-            )
-        })
-        .expect("wait for node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "reference-stack.mjs ({mode:?} facilitator) failed with {}\n--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}",
-        out.status
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("reference-stack.mjs printed nothing\n--- stderr ---\n{stderr}"));
-    let summary: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!("reference-stack.mjs summary is not JSON ({e}): {line}\n--- stderr ---\n{stderr}")
-    });
-    assert_eq!(
-        summary.get("ok"),
-        Some(&Value::Bool(true)),
-        "summary: {summary}\n--- stderr ---\n{stderr}"
-    );
-    eprintln!(
-        "reference stack ({mode:?} facilitator) in {:.1?}: {summary}",
-        started.elapsed()
-    );
-    summary
+            }
+            .to_owned(),
+        ),
+    ];
+    run_script("reference-stack.mjs", &env, &["PAYCHAN_FACILITATOR_URL"]).await
 }
 
 async fn reference_stack_moves_exactly_the_charges(mode: FacilitatorMode) {

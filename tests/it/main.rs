@@ -5,4 +5,7 @@
 
 mod chain_roundtrip;
 mod devchain;
+mod facilitator_interop;
 mod interop;
+mod node;
+mod reference_client;
