@@ -7,10 +7,10 @@
 //   PAYCHAN_URL          the paid endpoint (POST, OpenAI-style chat body)
 //   PAYCHAN_RPC_URL      JSON-RPC of the chain (the client reads channel state through it)
 //   PAYCHAN_CHAIN_ID     chain id
-//   PAYCHAN_TOKEN        token address
+//   PAYCHAN_TOKEN        token address (default: the one the server's 402 offers)
 //   PAYCHAN_PAYER_KEY    the payer's private key (0x + 64 hex)
 //   PAYCHAN_REQUESTS     paid requests (default 5)
-//   PAYCHAN_PRICE        the route's maximum price per request, atomic units
+//   PAYCHAN_PRICE        the route's maximum price per request, atomic units (default: the 402's)
 //
 // Prints one JSON line on stdout: {"ok":true,"channelId",…,"charged","deposited","refunded",…};
 // diagnostics on stderr. Exits non-zero on any failure.
@@ -46,10 +46,15 @@ async function main() {
   const url = env('PAYCHAN_URL', /^https?:\/\/\S+$/);
   const rpcUrl = env('PAYCHAN_RPC_URL', /^https?:\/\/\S+$/);
   const chainId = Number(env('PAYCHAN_CHAIN_ID', /^[0-9]+$/));
-  const token = env('PAYCHAN_TOKEN', /^0x[0-9a-fA-F]{40}$/);
   const payer = privateKeyToAccount(env('PAYCHAN_PAYER_KEY', /^0x[0-9a-fA-F]{64}$/));
   const requests = Number(env('PAYCHAN_REQUESTS', /^[0-9]+$/, '5'));
-  const price = BigInt(env('PAYCHAN_PRICE', /^[0-9]+$/));
+  // Token and price default to what the server offers in its 402.
+  const probe = await timedFetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+  check(probe.status === 402 && probe.headers.get('PAYMENT-REQUIRED'), `unpaid request answered 402 with PAYMENT-REQUIRED`);
+  const offer = decodePaymentRequiredHeader(probe.headers.get('PAYMENT-REQUIRED')).accepts.find((a) => a.scheme === 'batch-settlement');
+  check(!!offer, `the server offers batch-settlement: ${offer?.amount} of ${offer?.asset} on ${offer?.network}`);
+  const token = env('PAYCHAN_TOKEN', /^0x[0-9a-fA-F]{40}$/, offer.asset);
+  const price = BigInt(env('PAYCHAN_PRICE', /^[0-9]+$/, offer.amount));
   const network = `eip155:${chainId}`;
   const chain = defineChain({ id: chainId, name: 'paychan-dev', nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 }, rpcUrls: { default: { http: [rpcUrl] } } });
   const pub = createPublicClient({ chain, transport: http(rpcUrl) });
