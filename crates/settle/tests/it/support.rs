@@ -1,0 +1,576 @@
+//! Shared setup: a dev chain, an engine over a sled store, funded channels paid through the
+//! engine, a settler, polling helpers, and a TCP proxy that can play a dead RPC node.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use alloy::{
+    network::TransactionBuilder,
+    primitives::{Address, B256, Bytes, U256},
+    providers::Provider,
+    rpc::types::TransactionRequest,
+};
+use paychan_chain::{
+    ChainConfig, ChainReader, Relayer, RetryPolicy, StartFrom, TxKey, WatcherConfig,
+};
+use paychan_core::{
+    batch::{
+        BatchDomain, BatchPayload, BatchRequirements, ChannelConfig,
+        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        payer::{PayerChannel, channel_config_for},
+    },
+    sig::LocalSigner,
+    x402::{PaymentPayload, X402_VERSION},
+};
+use paychan_devchain::{DevChain, ERC3009_COLLECTOR, ESCROW, Role};
+use paychan_engine::{Begin, Engine, EngineConfig, NoFacilitator, PaymentFacilitator};
+use paychan_settle::{SettlePolicy, Settler, SettlerConfig, ShutdownReport};
+use paychan_store::{JournalEntry, JournalState, MemStore, SledStore, SledStoreConfig, Store};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    sync::oneshot,
+    task::{AbortHandle, JoinHandle},
+};
+
+pub type TestEngine<F = NoFacilitator> = Engine<SledStore, ChainReader, F>;
+pub type TestSettler<F = NoFacilitator> =
+    Settler<SledStore, ChainReader, F, paychan_engine::SystemClock>;
+
+/// The most a request may cost.
+pub const PRICE: u128 = 1_000;
+
+pub struct Env {
+    pub chain: DevChain,
+    pub domain: BatchDomain,
+    pub offer: BatchRequirements,
+    pub dir: tempfile::TempDir,
+    /// Direct (no proxy), fast settings.
+    pub reader: ChainReader,
+}
+
+/// A payer's channel, paid through the engine.
+pub struct Payer {
+    pub key: LocalSigner,
+    pub pc: PayerChannel,
+}
+
+impl Payer {
+    pub fn id(&self) -> B256 {
+        self.pc.channel_id
+    }
+    pub fn charged(&self) -> u128 {
+        self.pc.charged
+    }
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        // RUST_LOG=paychan_settle=debug,paychan::chain=info shows what the settler does
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let chain = DevChain::start().await.unwrap();
+        let domain = BatchDomain::new(chain.chain_id(), ESCROW);
+        let json = serde_json::json!({
+            "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
+            "amount": PRICE.to_string(), "asset": chain.contracts().token.to_string(),
+            "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
+            "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
+                      "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
+        });
+        let offer =
+            BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
+        let reader = ChainReader::connect(fast(chain.rpc_url())).await.unwrap();
+        Env {
+            chain,
+            domain,
+            offer,
+            dir: tempfile::tempdir().unwrap(),
+            reader,
+        }
+    }
+
+    /// An engine over the sled store in `dir` (reopening it after a drop is a restart).
+    pub fn engine(&self) -> TestEngine {
+        self.engine_with(NoFacilitator)
+    }
+
+    /// [`Self::engine`] with a facilitator for deposits and refunds.
+    pub fn engine_with<F: PaymentFacilitator>(&self, facilitator: F) -> TestEngine<F> {
+        let mut cfg = EngineConfig::new(self.domain);
+        cfg.receiver_authorizer = Some(self.authorizer());
+        // The settler's mirror (`apply_onchain`) holds a channel's lock for a moment; a request
+        // arriving then waits instead of being refused `channel_busy`.
+        cfg.busy_wait = Duration::from_secs(2);
+        let store = SledStore::open(SledStoreConfig::new(self.dir.path().join("store"))).unwrap();
+        Engine::new(cfg, store, self.reader.clone(), facilitator)
+    }
+
+    pub fn key(&self, role: Role) -> LocalSigner {
+        LocalSigner::from_bytes(&self.chain.account(role).key).unwrap()
+    }
+
+    pub fn authorizer(&self) -> LocalSigner {
+        self.key(Role::ReceiverAuthorizer)
+    }
+
+    pub fn receiver(&self) -> Address {
+        self.offer.pay_to
+    }
+
+    pub fn token(&self) -> Address {
+        self.offer.asset
+    }
+
+    /// A relayer sending from the `Relayer` dev account, journaling in `store`.
+    pub fn relayer<S: Store>(&self, reader: ChainReader, store: S) -> Relayer<S> {
+        Relayer::new(
+            reader,
+            store,
+            TxKey::from_secret(&self.chain.account(Role::Relayer).key).unwrap(),
+        )
+    }
+
+    pub fn settler<F: PaymentFacilitator>(
+        &self,
+        engine: &TestEngine<F>,
+        relayer: Relayer<SledStore>,
+        policy: SettlePolicy,
+        follow: bool,
+    ) -> TestSettler<F> {
+        Settler::new(
+            engine.clone(),
+            relayer,
+            SettlerConfig {
+                policy,
+                authorizers: vec![self.authorizer()],
+                watcher: follow.then(|| WatcherConfig {
+                    start: StartFrom::Head,
+                    poll_interval: Some(Duration::from_millis(100)),
+                    ..WatcherConfig::default()
+                }),
+            },
+        )
+        .unwrap()
+    }
+
+    /// `n` channels of one fresh payer (`seed`), each funded with `deposit`; the deposits are
+    /// relayed concurrently by a setup relayer (not the settler's key).
+    pub async fn open_channels(&self, seed: u64, n: usize, deposit: u128) -> Vec<Payer> {
+        let key = self
+            .chain
+            .funded_payer(seed, deposit * n as u128)
+            .await
+            .unwrap();
+        let setup = Relayer::new(
+            self.reader.clone(),
+            MemStore::new(),
+            TxKey::from_secret(&self.chain.account(Role::Payer(5)).key).unwrap(),
+        );
+        let mut payers = Vec::new();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
+            let mut tasks = Vec::new();
+            for &i in chunk {
+                let salt = seed * 10_000 + i as u64;
+                let config =
+                    channel_config_for(&self.offer, key.address(), key.address(), salt_of(salt));
+                let data = self.deposit_data(&key, &config, deposit, salt).await;
+                let r = setup.clone();
+                tasks.push(tokio::spawn(async move {
+                    r.deposit(&config, deposit, data).await.unwrap();
+                }));
+                payers.push(Payer {
+                    key: key.clone(),
+                    pc: PayerChannel::from_chain(&self.domain, config, deposit, 0),
+                });
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+        payers
+    }
+
+    pub async fn open_channel(&self, seed: u64, deposit: u128) -> Payer {
+        self.open_channels(seed, 1, deposit).await.pop().unwrap()
+    }
+
+    async fn deposit_data(
+        &self,
+        payer: &LocalSigner,
+        config: &ChannelConfig,
+        amount: u128,
+        salt: u64,
+    ) -> Bytes {
+        let channel_id = self.domain.channel_id(config);
+        let salt = U256::from(salt);
+        let valid_before = U256::from(self.chain.block_timestamp().await.unwrap() + 86_400);
+        let auth = ReceiveWithAuthorization {
+            from: config.payer,
+            to: ERC3009_COLLECTOR,
+            value: U256::from(amount),
+            valid_after: U256::ZERO,
+            valid_before,
+            nonce: deposit_nonce(channel_id, salt),
+        };
+        let token_domain = Eip712Domain::new("USD Coin", "2", self.chain.chain_id(), self.token());
+        let sig = payer.sign_digest(&auth.digest(&token_domain)).unwrap();
+        paychan_bindings::convert::erc3009_collector_data(
+            U256::ZERO,
+            valid_before,
+            salt,
+            &sig.to_bytes(),
+        )
+    }
+
+    /// One paid request of maximum `PRICE` charged `actual` through the engine; returns the
+    /// charge.
+    pub async fn pay<F: PaymentFacilitator>(
+        &self,
+        engine: &TestEngine<F>,
+        p: &mut Payer,
+        actual: u128,
+    ) -> u128 {
+        let v =
+            p.pc.voucher_payload(&self.domain, &p.key, self.offer.amount)
+                .unwrap();
+        let payload = PaymentPayload {
+            x402_version: X402_VERSION,
+            resource: None,
+            accepted: self.offer.to_generic(),
+            payload: BatchPayload::Voucher(v),
+            extensions: None,
+        };
+        let ticket = match engine.begin(&payload, &self.offer).await.unwrap() {
+            Begin::Serve(t) => t,
+            Begin::Done(_) => panic!("expected a reservation"),
+        };
+        let resp = engine.commit(ticket, actual).await.unwrap();
+        p.pc.apply_response(&resp, PRICE, None).unwrap()
+    }
+
+    /// A full cooperative refund through the engine (and its facilitator); returns the amount
+    /// refunded.
+    pub async fn refund<F: PaymentFacilitator>(
+        &self,
+        engine: &TestEngine<F>,
+        p: &mut Payer,
+    ) -> u128 {
+        let r = p.pc.refund_payload(&self.domain, &p.key, None).unwrap();
+        let payload = PaymentPayload {
+            x402_version: X402_VERSION,
+            resource: None,
+            accepted: self.offer.to_generic(),
+            payload: BatchPayload::Refund(r),
+            extensions: None,
+        };
+        let resp = match engine.begin(&payload, &self.offer).await.unwrap() {
+            Begin::Done(resp) => resp,
+            Begin::Serve(_) => panic!("a refund is a payment operation"),
+        };
+        assert!(resp.success, "{resp:?}");
+        let refunded: u128 = resp.amount.as_deref().unwrap().parse().unwrap();
+        p.pc.apply_refund(refunded);
+        refunded
+    }
+
+    pub async fn balance(&self, who: Address) -> u128 {
+        self.chain.token_balance(who).await.unwrap().to::<u128>()
+    }
+
+    pub async fn claimed(&self, id: B256) -> u128 {
+        self.chain.onchain_state(id).await.unwrap().total_claimed
+    }
+
+    /// Transactions mined from `who` (its nonce).
+    pub async fn nonce(&self, who: Address) -> u64 {
+        self.chain
+            .provider()
+            .get_transaction_count(who)
+            .await
+            .unwrap()
+    }
+
+    /// Sends `who` 1 ETH from the deployer (payers hold none).
+    pub async fn fund_eth(&self, who: Address) {
+        let tx = TransactionRequest::default()
+            .with_to(who)
+            .with_value(U256::from(10u128.pow(18)));
+        self.chain
+            .provider()
+            .send_transaction(tx)
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+    }
+}
+
+/// Fast adapter settings against `url`.
+pub fn fast(url: &str) -> ChainConfig {
+    ChainConfig {
+        poll_interval: Duration::from_millis(20),
+        bump_after: Duration::from_secs(2),
+        rpc_timeout: Duration::from_secs(2),
+        confirm_timeout: Some(Duration::from_secs(30)),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(200),
+            attempts: 6,
+        },
+        ..ChainConfig::dev(url)
+    }
+}
+
+/// A policy with no periodic triggers and short retries.
+pub fn policy() -> SettlePolicy {
+    SettlePolicy {
+        urgent_retry: Duration::from_millis(200),
+        retry_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+        ..SettlePolicy::manual()
+    }
+}
+
+pub fn salt_of(n: u64) -> B256 {
+    B256::from(U256::from(n))
+}
+
+/// Runs the settler until the returned sender fires.
+pub fn run<F: PaymentFacilitator>(
+    settler: &TestSettler<F>,
+) -> (oneshot::Sender<()>, JoinHandle<ShutdownReport>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let s = settler.clone();
+    let h = tokio::spawn(async move {
+        s.run(async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap()
+    });
+    (tx, h)
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing after `secs` seconds.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first open journal entry `Sent` with at least `hashes` hashes.
+pub async fn sent_with<S: Store>(store: &S, hashes: usize) -> (JournalEntry, Vec<B256>) {
+    eventually("a sent journal entry", 20, || async {
+        store
+            .open_journal()
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|e| match &e.state {
+                JournalState::Sent { all_hashes, .. } if all_hashes.len() >= hashes => {
+                    let h = all_hashes.clone();
+                    Some((e, h))
+                }
+                _ => None,
+            })
+    })
+    .await
+}
+
+// ---- a TCP proxy that can die ------------------------------------------------------------------
+
+struct ProxyState {
+    target: SocketAddr,
+    /// Kill the proxy at the next request containing all these strings; `true`: forward it first.
+    trip: Mutex<Option<(Vec<String>, bool)>>,
+    tripped: AtomicBool,
+    /// Set the moment the proxy trips: nothing more goes through, either way.
+    dead: AtomicBool,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// A TCP proxy in front of the node. `trip_on` kills it (connection refused, every connection
+/// cut) in the middle of a chosen JSON-RPC call; `revive` opens the same port again.
+pub struct Proxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+}
+
+impl Proxy {
+    pub async fn start(target_url: &str) -> Proxy {
+        let target: SocketAddr = target_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let state = Arc::new(ProxyState {
+            target,
+            trip: Mutex::new(None),
+            tripped: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let addr = listen(state.clone(), "127.0.0.1:0".parse().unwrap()).await;
+        Proxy { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn revive(&self) {
+        listen(self.state.clone(), self.addr).await;
+        self.state.dead.store(false, Ordering::SeqCst);
+    }
+
+    /// Arms a kill at the next request containing every one of `needles`; `forward`: let the
+    /// node receive it (and answer) first, then drop the answer.
+    pub fn trip_on(&self, needles: &[&str], forward: bool) {
+        self.state.tripped.store(false, Ordering::SeqCst);
+        *self.state.trip.lock().unwrap() =
+            Some((needles.iter().map(|s| (*s).to_owned()).collect(), forward));
+    }
+
+    pub fn tripped(&self) -> bool {
+        self.state.tripped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        kill(&self.state);
+    }
+}
+
+fn kill(state: &ProxyState) {
+    for t in state.tasks.lock().unwrap().drain(..) {
+        t.abort();
+    }
+}
+
+async fn listen(state: Arc<ProxyState>, at: SocketAddr) -> SocketAddr {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(at).unwrap();
+    let listener = socket.listen(64).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let st = state.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            if st.dead.load(Ordering::SeqCst) {
+                continue;
+            }
+            let st2 = st.clone();
+            let h = tokio::spawn(async move {
+                let _ = serve(st2, client).await;
+            });
+            st.tasks.lock().unwrap().push(h.abort_handle());
+        }
+    });
+    state.tasks.lock().unwrap().push(handle.abort_handle());
+    addr
+}
+
+async fn serve(state: Arc<ProxyState>, client: TcpStream) -> std::io::Result<()> {
+    let server = TcpStream::connect(state.target).await?;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let st = state.clone();
+    let st_down = state.clone();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(false);
+            }
+            let chunk = &buf[..n];
+            let trip = {
+                let mut t = st.trip.lock().unwrap();
+                let text = String::from_utf8_lossy(chunk);
+                match &*t {
+                    Some((needles, forward))
+                        if needles.iter().all(|n| text.contains(n.as_str())) =>
+                    {
+                        let fw = *forward;
+                        *t = None;
+                        Some(fw)
+                    }
+                    _ => None,
+                }
+            };
+            match trip {
+                Some(forward) => {
+                    st.dead.store(true, Ordering::SeqCst);
+                    if forward {
+                        sw.write_all(chunk).await?;
+                        // the rest of this request, if it came in more than one chunk (the
+                        // client sends nothing more on this connection until it is answered)
+                        while let Ok(Ok(n)) =
+                            tokio::time::timeout(Duration::from_millis(50), cr.read(&mut buf)).await
+                        {
+                            if n == 0 {
+                                break;
+                            }
+                            sw.write_all(&buf[..n]).await?;
+                        }
+                    }
+                    return Ok(true);
+                }
+                None if st.dead.load(Ordering::SeqCst) => return Ok(false),
+                None => sw.write_all(chunk).await?,
+            }
+        }
+    });
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = sr.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            if st_down.dead.load(Ordering::SeqCst) {
+                // the node's answer goes nowhere
+                continue;
+            }
+            cw.write_all(&buf[..n]).await?;
+        }
+    });
+    {
+        let mut tasks = state.tasks.lock().unwrap();
+        tasks.push(up.abort_handle());
+        tasks.push(down.abort_handle());
+    }
+    if let Ok(Ok(true)) = up.await {
+        // The node got the request (if forwarded) and answers into the void; give it time to
+        // process it, then die.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        down.abort();
+        state.tripped.store(true, Ordering::SeqCst);
+        kill(&state);
+    }
+    Ok(())
+}
