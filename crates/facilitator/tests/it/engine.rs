@@ -126,11 +126,18 @@ async fn a_deposit_left_pending_is_served_when_retried_after_it_is_mined() {
         TxKey::from_secret(&env.chain.account(paychan_devchain::Role::Relayer).key).unwrap(),
     );
     let facilitator = Facilitator::new(reader.clone(), relayer, None).unwrap();
-    let engine = Engine::new(EngineConfig::new(env.domain), MemStore::new(), reader, facilitator);
+    let engine = Engine::new(
+        EngineConfig::new(env.domain),
+        MemStore::new(),
+        reader,
+        facilitator,
+    );
     let (payer, mut pc) = env.payer(71, 50_000).await;
     let me = payer.address();
     let (p0, r0, e0) = env.balances(me).await;
-    let dep = env.envelope(BatchPayload::Deposit(env.deposit(&mut pc, &payer, 20_000, 1)));
+    let dep = env.envelope(BatchPayload::Deposit(
+        env.deposit(&mut pc, &payer, 20_000, 1),
+    ));
 
     // the chain stops mining: the engine answers settlement_pending and serves nothing
     let provider = env.chain.provider();
@@ -147,7 +154,10 @@ async fn a_deposit_left_pending_is_served_when_retried_after_it_is_mined() {
     };
     let resp = engine.commit(ticket, PRICE).await.unwrap();
     assert_eq!(resp.amount.as_deref(), Some("20000"));
-    assert_eq!(pc.apply_response(&resp, PRICE, Some(20_000)).unwrap(), PRICE);
+    assert_eq!(
+        pc.apply_response(&resp, PRICE, Some(20_000)).unwrap(),
+        PRICE
+    );
     assert_eq!(env.balances(me).await, (p0 - 20_000, r0, e0 + 20_000));
     assert_eq!(env.state(pc.channel_id).await.balance, 20_000);
 }
