@@ -83,6 +83,10 @@ impl InFlight {
     }
 }
 
+/// Polls in a row that must see a transaction's nonce used by something else, with no receipt
+/// for any of its hashes, before it is declared superseded.
+const NONCE_TAKEN_POLLS: u32 = 3;
+
 /// A mined and confirmed transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxOutcome {
@@ -595,6 +599,8 @@ impl TxSender {
         };
         let mut seen: Option<(u64, B256)> = None;
         // the first time round, check at once whether the nonce is already used (recovery)
+        // How many polls in a row found the nonce used with none of our hashes mined.
+        let mut taken_seen = 0u32;
         let mut first_check = true;
         loop {
             if let Some(limit) = cfg.confirm_timeout
@@ -654,13 +660,21 @@ impl TxSender {
                 continue;
             }
             let due = Instant::now() >= next_push;
-            if first_check || due {
+            if first_check || due || taken_seen > 0 {
                 first_check = false;
                 // its nonce went to another transaction?
                 match self.reader().nonce_latest(self.address()).await {
                     Ok(n) if n > f.nonce => {
-                        if let Ok(None) = self.find_receipt(&f.current_hashes()).await {
-                            return Ok(WaitEnd::NonceTaken);
+                        match self.find_receipt(&f.current_hashes()).await {
+                            // A receipt can lag the account nonce: decide only when several
+                            // polls in a row agree, or a transaction we sent is marked failed.
+                            Ok(None) => {
+                                taken_seen += 1;
+                                if taken_seen >= NONCE_TAKEN_POLLS {
+                                    return Ok(WaitEnd::NonceTaken);
+                                }
+                            }
+                            _ => taken_seen = 0,
                         }
                         continue;
                     }

@@ -32,8 +32,10 @@ pub(crate) struct File {
     pub(crate) upstream_timeout_secs: Option<u64>,
     /// How old mirrored chain state may be for a local voucher check, seconds (default 30).
     pub(crate) max_onchain_age_secs: Option<u64>,
-    /// How long a request waits for a busy channel, milliseconds (default 0: answer busy at once).
+    /// How long a request waits for a busy channel, milliseconds (default 250).
     pub(crate) busy_wait_ms: Option<u64>,
+    /// No new charges this many seconds before a payer can finalize a timed withdrawal (default 360).
+    pub(crate) withdrawal_guard_secs: Option<u64>,
     /// Demo upstream price per token (default 10), when `upstream = "demo"`.
     pub(crate) demo_price_per_token: Option<String>,
     /// The chain.
@@ -141,6 +143,8 @@ pub(crate) struct Config {
     pub(crate) max_onchain_age: Duration,
     /// Busy wait.
     pub(crate) busy_wait: Duration,
+    /// Withdrawal guard.
+    pub(crate) withdrawal_guard: Duration,
     /// Demo price per token.
     pub(crate) demo_price_per_token: u128,
     /// RPC URL.
@@ -340,7 +344,8 @@ impl Config {
             upstream,
             upstream_timeout: Duration::from_secs(f.upstream_timeout_secs.unwrap_or(120)),
             max_onchain_age: Duration::from_secs(f.max_onchain_age_secs.unwrap_or(30)),
-            busy_wait: Duration::from_millis(f.busy_wait_ms.unwrap_or(0)),
+            busy_wait: Duration::from_millis(f.busy_wait_ms.unwrap_or(250)),
+            withdrawal_guard: Duration::from_secs(f.withdrawal_guard_secs.unwrap_or(360)),
             demo_price_per_token,
             rpc_url: f.chain.rpc_url,
             chain_id: f.chain.chain_id,

@@ -186,6 +186,7 @@ async fn run_server(
     let mut ecfg = EngineConfig::new(BatchDomain::new(cfg.chain_id, cfg.escrow));
     ecfg.max_onchain_age = cfg.max_onchain_age;
     ecfg.busy_wait = cfg.busy_wait;
+    ecfg.withdrawal_guard = cfg.withdrawal_guard;
     ecfg.receiver_authorizer = cfg.receiver_authorizer.clone();
     let engine = Engine::new(ecfg, store, reader, facilitator);
     let mut routes = Vec::new();
@@ -255,6 +256,7 @@ async fn dev(
         upstream_timeout_secs: None,
         max_onchain_age_secs: Some(5),
         busy_wait_ms: None,
+        withdrawal_guard_secs: None,
         demo_price_per_token: Some(price_per_token.to_string()),
         chain: config::ChainSection {
             rpc_url: chain.rpc_url().to_owned(),

@@ -70,6 +70,7 @@ codes! {
         UnexpectedVerifyError => "unexpected_verify_error", "Unexpected error during verification.";
         UnexpectedSettleError => "unexpected_settle_error", "Unexpected error during settlement.";
         SettlementPending => "settlement_pending", "The settlement transaction was sent but its receipt is not in yet; retry to reconcile.";
+        WithdrawalPending => "paychan_withdrawal_pending", "A timed withdrawal on this channel ends soon; it takes no new charges (paychan extension: the scheme defines no code for this).";
     }
     batch {
         AuthorizerAddressMismatch => "authorizer_address_mismatch", "Authorizer address does not match the expected receiver authorizer.";

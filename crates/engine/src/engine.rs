@@ -39,8 +39,13 @@ pub struct EngineConfig {
     pub domain: BatchDomain,
     /// How old mirrored on-chain state may be for a local voucher check (default 30 s).
     pub max_onchain_age: Duration,
-    /// How long a request waits for a busy channel before `channel_busy` (default 0: at once).
+    /// How long a request waits for a busy channel before `channel_busy` (default 250 ms: long
+    /// enough to ride out a mirror update or a quick retry, short enough not to queue behind a
+    /// slow paid request on the same channel).
     pub busy_wait: Duration,
+    /// No new charges on a channel whose timed withdrawal can be finalized within this time
+    /// (default 6 minutes, just above the settlement side's default last-call margin of 5).
+    pub withdrawal_guard: Duration,
     /// Signature backend.
     pub backend: Backend,
     /// Channels kept in memory (default 100,000); the rest are read from the store on demand.
@@ -55,7 +60,8 @@ impl EngineConfig {
         Self {
             domain,
             max_onchain_age: Duration::from_secs(30),
-            busy_wait: Duration::ZERO,
+            busy_wait: Duration::from_millis(250),
+            withdrawal_guard: Duration::from_secs(6 * 60),
             backend: Backend::default(),
             cache_capacity: 100_000,
             receiver_authorizer: None,
@@ -261,6 +267,10 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         }
     }
 
+    fn guard_ms(&self) -> u64 {
+        u64::try_from(self.inner.config.withdrawal_guard.as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn decline(&self, d: Decline) -> Decline {
         self.inner.metrics.reject(d.rejection.code.as_str());
         d
@@ -397,6 +407,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                     other => other,
                 };
                 let res = self.refusal_to_decline(res, offer, &record)?;
+                payee::check_withdrawal_window(&record, now, self.guard_ms())?;
                 if let Some(k) = &res.recovered_key {
                     guard.key = Some(k.clone());
                 }
@@ -461,10 +472,10 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                         Some(d.deposit.amount),
                         &self.ctx(offer, now),
                     );
-                    checked = Some((
-                        record.clone(),
-                        self.refusal_to_decline(res, offer, &record)?,
-                    ));
+                    let res = self.refusal_to_decline(res, offer, &record)?;
+                    // A deposit into a channel that is being withdrawn would be served too late to claim.
+                    payee::check_withdrawal_window(&record, now, self.guard_ms())?;
+                    checked = Some((record.clone(), res));
                 }
                 // Execute the deposit before serving: the handler never runs against money that
                 // is not in the channel yet.

@@ -216,6 +216,28 @@ pub struct Reservation {
     pub recovered_key: Option<SignerKey>,
 }
 
+/// Refuses new charges on a channel whose payer can finalize a timed withdrawal within `guard_ms`
+/// of `now_ms`: a voucher accepted then could not be claimed before the escrow drains, so the
+/// server would serve unpaid. Earlier in the withdrawal window requests are still served (and
+/// claimed at once by the settlement side).
+pub fn check_withdrawal_window(
+    record: &ChannelRecord,
+    now_ms: u64,
+    guard_ms: u64,
+) -> Result<(), Rejection> {
+    match record.withdrawal_deadline() {
+        Some(deadline_s) if now_ms.saturating_add(guard_ms) >= deadline_s.saturating_mul(1000) => {
+            Err(Rejection::new(
+                ErrorCode::WithdrawalPending,
+                format!(
+                    "the payer can finalize a timed withdrawal at unix time {deadline_s}; open a new channel"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A committed charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {

@@ -309,3 +309,25 @@ fn vouchers_signed_under_another_domain_are_refused() {
     // the genuine voucher passes
     assert!(payee::check_paid(&record, None, &voucher(&signer, id, 10), None, &ctx).is_ok());
 }
+
+#[test]
+fn no_new_charges_close_to_a_withdrawal_deadline() {
+    let signer = payer();
+    let cfg = config(signer.address());
+    let id = domain().channel_id(&cfg);
+    let mut record = ChannelRecord::from_chain(
+        id,
+        cfg,
+        OnchainState {
+            balance: 100,
+            ..Default::default()
+        },
+        0,
+    );
+    assert!(payee::check_withdrawal_window(&record, 1_000_000, 360_000).is_ok());
+    record.onchain.withdraw_requested_at = 10_000; // deadline 10_900 s
+    assert!(payee::check_withdrawal_window(&record, 10_000_000, 360_000).is_ok()); // 15 min before
+    let err = payee::check_withdrawal_window(&record, 10_540_000, 360_000).unwrap_err(); // 6 min before
+    assert_eq!(err.code, paychan_core::ErrorCode::WithdrawalPending);
+    assert!(payee::check_withdrawal_window(&record, 11_000_000, 360_000).is_err()); // past it
+}

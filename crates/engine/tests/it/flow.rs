@@ -338,6 +338,16 @@ async fn stale_chain_state_is_refreshed_and_a_withdrawal_raises_needs_claim() {
     let (unclaimed, deadline) = needs.expect("NeedsClaim event");
     assert_eq!(unclaimed, 3_000);
     assert!(deadline > 0);
+    // five minutes before the payer can finalize, the channel takes no new charges
+    h.clock.0.store(
+        deadline * 1000 - 5 * 60 * 1000,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let d = engine
+        .begin(&h.voucher(&mut pc, &payer), &h.offer)
+        .await
+        .unwrap_err();
+    assert_eq!(d.rejection.code, ErrorCode::WithdrawalPending);
 }
 
 fn payer_secret(seed: u64) -> alloy_primitives::B256 {
