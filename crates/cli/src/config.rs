@@ -47,6 +47,29 @@ pub(crate) struct File {
     pub(crate) routes: Vec<RouteSection>,
     /// Who executes deposits and refunds (absent: nobody; clients must open channels elsewhere).
     pub(crate) facilitator: Option<FacilitatorSection>,
+    /// Claiming and settling on chain (absent: this server does not claim; something else must).
+    pub(crate) settlement: Option<SettlementSection>,
+}
+
+/// `[settlement]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SettlementSection {
+    /// Claim every channel with unclaimed charges this often, seconds (default 900; 0: never
+    /// periodically).
+    pub(crate) interval_secs: Option<u64>,
+    /// Claim a channel as soon as its unclaimed charges reach this many atomic units.
+    pub(crate) threshold: Option<toml::Value>,
+    /// Claim channels with a pending withdrawal at the latest this many seconds before the payer
+    /// can finalize (default 300; must be below 900).
+    pub(crate) withdrawal_margin_secs: Option<u64>,
+    /// Channels per claim transaction at most (default 100).
+    pub(crate) max_rows_per_tx: Option<usize>,
+    /// `after_claims` (default), `manual`, or a number of seconds between settle sweeps.
+    pub(crate) settle: Option<toml::Value>,
+    /// File holding the relayer's key (sends claims and settles). Or set `PAYCHAN_RELAYER_KEY`.
+    /// Shared with a local facilitator.
+    pub(crate) relayer_key_file: Option<PathBuf>,
 }
 
 /// `[facilitator]`.
@@ -159,6 +182,17 @@ pub(crate) struct Config {
     pub(crate) receiver_authorizer: Option<LocalSigner>,
     /// The facilitator.
     pub(crate) facilitator: FacilitatorChoice,
+    /// Settlement, if this server claims and settles.
+    pub(crate) settlement: Option<Settlement>,
+}
+
+/// Validated `[settlement]`.
+#[derive(Debug)]
+pub(crate) struct Settlement {
+    /// The policy.
+    pub(crate) policy: paychan_settle::SettlePolicy,
+    /// The relayer's key.
+    pub(crate) relayer: LocalSigner,
 }
 
 /// Environment variable holding the relayer's key.
@@ -285,7 +319,7 @@ impl Config {
             if !r.path.starts_with('/') {
                 bail!("route path {:?} must start with /", r.path);
             }
-            let amount = price(&r.price, &r.path)?;
+            let amount = price(&r.price, &format!("route {}: price", r.path))?;
             if amount == 0 {
                 bail!("route {}: price must be positive", r.path);
             }
@@ -336,7 +370,58 @@ impl Config {
                 fs.use_
             ),
         };
+        let settlement = match &f.settlement {
+            None => None,
+            Some(ss) => {
+                if key.is_none() {
+                    bail!(
+                        "[settlement] needs the receiver authorizer's key to sign claims: set payment.receiver_authorizer_key_file or {RECEIVER_AUTHORIZER_KEY_ENV}"
+                    );
+                }
+                let file = ss.relayer_key_file.as_ref().map(|k| base.join(k));
+                let relayer = match (load_key(file.as_deref(), RELAYER_KEY_ENV)?, &facilitator) {
+                    (Some(k), _) => k,
+                    (None, FacilitatorChoice::Local { relayer, .. }) => relayer.clone(),
+                    (None, _) => bail!(
+                        "[settlement] needs the relayer's key to send claims: set settlement.relayer_key_file or {RELAYER_KEY_ENV}"
+                    ),
+                };
+                let mut policy = paychan_settle::SettlePolicy::default();
+                if let Some(s) = ss.interval_secs {
+                    policy.interval = (s > 0).then(|| Duration::from_secs(s));
+                }
+                if let Some(t) = &ss.threshold {
+                    policy.threshold = Some(price(t, "settlement.threshold")?);
+                }
+                if let Some(m) = ss.withdrawal_margin_secs {
+                    policy.withdrawal_margin = Duration::from_secs(m);
+                }
+                if let Some(r) = ss.max_rows_per_tx {
+                    policy.max_rows_per_tx = r;
+                }
+                policy.settle = match &ss.settle {
+                    None => paychan_settle::SettleMode::AfterClaims,
+                    Some(toml::Value::String(s)) if s == "after_claims" => {
+                        paychan_settle::SettleMode::AfterClaims
+                    }
+                    Some(toml::Value::String(s)) if s == "manual" => {
+                        paychan_settle::SettleMode::Manual
+                    }
+                    Some(toml::Value::Integer(n)) if *n > 0 => paychan_settle::SettleMode::Every(
+                        Duration::from_secs(u64::try_from(*n).unwrap_or(u64::MAX)),
+                    ),
+                    Some(other) => bail!(
+                        "settlement.settle must be \"after_claims\", \"manual\" or a number of seconds, not {other}"
+                    ),
+                };
+                policy
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("[settlement]: {e}"))?;
+                Some(Settlement { policy, relayer })
+            }
+        };
         Ok(Self {
+            settlement,
             facilitator,
             listen,
             data_dir: base.join(&f.data_dir),
@@ -385,10 +470,67 @@ price = 5000
     fn the_example_config_is_valid() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../paychan.example.toml");
-        let c = Config::load(&path).unwrap();
+        // its [facilitator] and [settlement] need keys: give them key files
+        let relayer = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
+        let authorizer = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                "# relayer_key_file = \"relayer.key\"",
+                &format!(
+                    "relayer_key_file = \"{}\"",
+                    write_temp_key("example-relayer", relayer).display()
+                ),
+            )
+            .replace(
+                "max_timeout_secs = 300",
+                &format!(
+                    "max_timeout_secs = 300\nreceiver_authorizer_key_file = \"{}\"",
+                    write_temp_key("example-authorizer", authorizer).display()
+                ),
+            );
+        let c = Config::from_file(toml::from_str(&text).unwrap(), path.parent().unwrap()).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].2.amount, 10_000);
         assert_eq!(c.durability, Durability::Fsync);
+        assert!(matches!(c.facilitator, FacilitatorChoice::Local { .. }));
+        let s = c.settlement.as_ref().unwrap();
+        assert_eq!(s.policy.interval, Some(Duration::from_secs(900)));
+        assert_eq!(
+            s.relayer.address(),
+            parse_address("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65").unwrap()
+        );
+    }
+
+    #[test]
+    fn facilitator_and_settlement_need_their_keys() {
+        let with = |extra: &str| parse(&format!("{GOOD}\n{extra}"));
+        let err = format!(
+            "{:#}",
+            with("[facilitator]\nuse = \"local\"\nrelayer_key_file = \"/nonexistent/key\"")
+                .unwrap_err()
+        );
+        assert!(err.contains("reading key file /nonexistent/key"), "{err}");
+        let err = format!(
+            "{:#}",
+            with("[facilitator]\nuse = \"ftp://x\"").unwrap_err()
+        );
+        assert!(err.contains("\"local\" or an http(s) URL"), "{err}");
+        let c = with("[facilitator]\nuse = \"https://facilitator.example\"").unwrap();
+        assert!(
+            matches!(c.facilitator, FacilitatorChoice::Remote(ref u) if u == "https://facilitator.example")
+        );
+        let err = format!(
+            "{:#}",
+            with("[settlement]\ninterval_secs = 60").unwrap_err()
+        );
+        assert!(err.contains("receiver authorizer's key"), "{err}");
+    }
+
+    fn write_temp_key(name: &str, key: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("paychan-{name}-{}.key", std::process::id()));
+        std::fs::write(&p, key).unwrap();
+        p
     }
 
     #[test]

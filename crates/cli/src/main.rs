@@ -128,11 +128,9 @@ fn chain_config(rpc_url: &str, chain_id: u64) -> ChainConfig {
 /// journal with the chain (a restart never sends twice).
 async fn local_facilitator(
     reader: &ChainReader,
-    store: &SledStore,
-    relayer: &paychan_core::sig::LocalSigner,
+    relayer: paychan_chain::Relayer<SledStore>,
     authorizer: Option<paychan_core::sig::LocalSigner>,
 ) -> Result<paychan_facilitator::Facilitator<SledStore>> {
-    let relayer = paychan_chain::Relayer::new(reader.clone(), store.clone(), relayer.clone());
     let report = relayer
         .recover()
         .await
@@ -170,6 +168,17 @@ async fn run_server(
     let reader = ChainReader::connect(chain_cfg)
         .await
         .with_context(|| format!("connecting to the chain at {}", cfg.rpc_url))?;
+    // One relayer per sending key: a local facilitator and the settler share it when they use
+    // the same key, so their transactions never compete for a nonce.
+    let mut relayers: Vec<paychan_chain::Relayer<SledStore>> = Vec::new();
+    let mut relayer_for = |key: &paychan_core::sig::LocalSigner| {
+        if let Some(r) = relayers.iter().find(|r| r.address() == key.address()) {
+            return r.clone();
+        }
+        let r = paychan_chain::Relayer::new(reader.clone(), store.clone(), key.clone());
+        relayers.push(r.clone());
+        r
+    };
     let facilitator = match &cfg.facilitator {
         config::FacilitatorChoice::None => wiring::AnyFacilitator::None(NoFacilitator),
         config::FacilitatorChoice::Remote(url) => wiring::AnyFacilitator::Remote(
@@ -178,17 +187,33 @@ async fn run_server(
         ),
         config::FacilitatorChoice::Local { relayer, .. } => {
             wiring::AnyFacilitator::Local(Box::new(
-                local_facilitator(&reader, &store, relayer, cfg.receiver_authorizer.clone())
-                    .await?,
+                local_facilitator(
+                    &reader,
+                    relayer_for(relayer),
+                    cfg.receiver_authorizer.clone(),
+                )
+                .await?,
             ))
         }
     };
+    let settle_relayer = cfg.settlement.as_ref().map(|s| relayer_for(&s.relayer));
     let mut ecfg = EngineConfig::new(BatchDomain::new(cfg.chain_id, cfg.escrow));
     ecfg.max_onchain_age = cfg.max_onchain_age;
     ecfg.busy_wait = cfg.busy_wait;
     ecfg.withdrawal_guard = cfg.withdrawal_guard;
     ecfg.receiver_authorizer = cfg.receiver_authorizer.clone();
     let engine = Engine::new(ecfg, store, reader, facilitator);
+    let settler = match (cfg.settlement, settle_relayer, &cfg.receiver_authorizer) {
+        (Some(s), Some(relayer), Some(authorizer)) => Some(
+            paychan_settle::Settler::new(
+                engine.clone(),
+                relayer,
+                paychan_settle::SettlerConfig::new(s.policy, authorizer.clone()),
+            )
+            .context("starting the settlement scheduler")?,
+        ),
+        _ => None,
+    };
     let mut routes = Vec::new();
     for (method, path, offer, description) in cfg.routes {
         let method = match method {
@@ -225,8 +250,26 @@ async fn run_server(
             serde_json::json!({"event": "listening", "addr": addr.to_string()})
         );
     }
+    // The settler runs beside the server. At shutdown the server stops first (no new charges),
+    // then the settler claims everything outstanding and settles.
+    let (stop_settler, settler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let settler_task = settler.map(|s| {
+        tokio::spawn(s.run(async move {
+            let _ = settler_stopped.await;
+        }))
+    });
     serve(listener, router, shutdown).await?;
-    tracing::info!(target: "paychan", "stopped");
+    tracing::info!(target: "paychan", "server stopped");
+    let _ = stop_settler.send(());
+    if let Some(t) = settler_task {
+        match t.await {
+            Ok(Ok(report)) => tracing::info!(target: "paychan", ?report, "settlement stopped"),
+            Ok(Err(e)) => {
+                tracing::error!(target: "paychan", error = %e, "settlement stopped with an error")
+            }
+            Err(e) => tracing::error!(target: "paychan", error = %e, "settlement task failed"),
+        }
+    }
     Ok(())
 }
 
@@ -280,15 +323,23 @@ async fn dev(
             description: Some("demo inference".into()),
         }],
         facilitator: None,
+        settlement: None,
     };
     let mut cfg = Config::from_file(file, std::path::Path::new("/"))?;
     cfg.receiver_authorizer = Some(paychan_core::sig::LocalSigner::from_bytes(&authorizer.key)?);
     // paychan's own facilitator, sending with the dev relayer account: clients open channels
     // with an ERC-3009 deposit in their first paid request.
+    let relayer = paychan_core::sig::LocalSigner::from_bytes(&chain.account(Role::Relayer).key)?;
     cfg.facilitator = config::FacilitatorChoice::Local {
-        relayer: paychan_core::sig::LocalSigner::from_bytes(&chain.account(Role::Relayer).key)?,
+        relayer: relayer.clone(),
         confirmations: Some(1),
     };
+    // Claim every minute and settle after each claim, so the flow is visible on the dev chain.
+    let policy = paychan_settle::SettlePolicy {
+        interval: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    };
+    cfg.settlement = Some(config::Settlement { policy, relayer });
     let payer = chain.account(Role::Payer(0));
     eprintln!(
         "paychan dev stack\n  chain      {} (chain id {})\n  escrow     {}\n  collector  {}\n  token      {} (USD Coin v2, 6 decimals)\n  receiver   {}\n  server     http://{}/v1/chat/completions  (max {} per request, demo upstream at {} per token)\n  store      {}\n  test payer {} (anvil test key #1; holds dev tokens)\nCtrl-C stops everything.",
@@ -343,7 +394,8 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
     let reader = ChainReader::connect(chain_cfg)
         .await
         .with_context(|| format!("connecting to the chain at {}", a.rpc_url))?;
-    let f = local_facilitator(&reader, &store, &relayer, authorizer).await?;
+    let relayer = paychan_chain::Relayer::new(reader.clone(), store.clone(), relayer);
+    let f = local_facilitator(&reader, relayer, authorizer).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
