@@ -240,6 +240,9 @@ async fn throughput(
             let dir = tempfile::tempdir().unwrap();
             let mut sc = SledStoreConfig::new(dir.path().join("db"));
             sc.durability = durability;
+            if let Some(us) = std::env::var("PAYCHAN_BENCH_GROUP_WINDOW_US").ok().and_then(|v| v.parse().ok()) {
+                sc.group_window = Duration::from_micros(us);
+            }
             let store = SledStore::open(sc).unwrap();
             seed(&store, s, channels).await;
             let e = engine(s, store.clone(), backend);

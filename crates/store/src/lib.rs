@@ -22,6 +22,7 @@ pub mod codec;
 pub mod mem;
 mod plan;
 pub mod sled_store;
+mod wal;
 
 use std::future::Future;
 

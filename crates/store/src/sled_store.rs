@@ -1,59 +1,60 @@
-//! The on-disk store: sled 0.34, one keyspace, group commit.
+//! The on-disk store: sled 0.34 behind a write-ahead log, with group commit.
 //!
-//! **Commit path.** [`Store::commit`] applies its batch to sled at once, on the caller's thread
-//! (`Tree::apply_batch`: atomic, microseconds, visible to readers immediately), takes a sequence
-//! number, and waits until a flush covering that number has completed. One flusher thread does
-//! nothing but flush: it reads the highest applied sequence number, flushes, and publishes that
-//! number as durable, so every commit applied before it started shares that one flush (group
-//! commit). Keeping the CPU work on the callers and only the I/O on the flusher means a commit
-//! never waits for another thread to be scheduled merely to do work it could do itself.
+//! **Commit path.** [`Store::commit`] hands its batch to one committer thread and waits. The
+//! committer takes every batch queued at that moment (under contention it waits up to
+//! `group_window` for more), turns them into one set of writes, appends that set as one record to
+//! the write-ahead log (`<dir>/paychan.wal`), makes the record durable, puts the writes in an
+//! in-memory overlay that every read consults before sled, and answers every waiter. Concurrent
+//! requests on different channels therefore share one `fdatasync`, and sled is out of the request
+//! path: at checkpoints (every `checkpoint_every`, when the log passes `checkpoint_bytes` or the
+//! overlay `checkpoint_keys`, and on close) the committer applies the overlay to sled in one
+//! batch — the latest value of each key once, however often it changed — flushes sled, truncates
+//! the log and empties the overlay. On open, records left in the log are replayed into sled first.
 //!
-//! A batch whose changes read stored values (aggregates) is applied under a lock so that two such
-//! batches cannot interleave their read-modify-write.
+//! **What makes a commit durable** ([`Durability::Fsync`], the default): `write(2)` of the log
+//! record followed by `fdatasync(2)` of the log file, before the commit returns. A checkpoint makes
+//! sled's copy durable with `Db::flush()` — on Linux `pwrite` + `sync_file_range(WAIT_BEFORE |
+//! WRITE | WAIT_AFTER)` — followed by `fdatasync(2)` of `<dir>/db`, and only then truncates the
+//! log. `sync_file_range` alone would not be enough: it waits for write-back of dirty pages but
+//! neither flushes the device's volatile write cache nor persists the file-size and extent
+//! metadata of newly written regions, so after a power loss the data may be gone (it only protects
+//! against a process crash, which the page cache already survives); `fdatasync` does both.
 //!
-//! **What makes a commit durable** ([`Durability::Fsync`], the default): `Db::flush()` writes
-//! sled's log buffer to `<dir>/db` with `pwrite` and, on Linux, `sync_file_range(WAIT_BEFORE |
-//! WRITE | WAIT_AFTER)`; paychan then calls `fdatasync(2)` on `<dir>/db` (`File::sync_data`).
-//! `sync_file_range` alone is not enough: it starts and waits for write-back of the dirty pages
-//! but does not flush the device's volatile write cache and does not persist the file-size and
-//! extent metadata of newly written regions, so after a power loss the data may be gone; it only
-//! protects against a process crash, which the page cache already survives. `fdatasync` does both
-//! (on Linux, fsync on any descriptor of the inode covers all its dirty data). sled's background
-//! flusher also calls `fsync` every 500 ms, but acknowledging a charge cannot wait for that.
-//!
-//! [`Durability::Flush`] stops after sled's flush (survives process crashes, not power loss);
-//! [`Durability::None`] does not flush per commit (benchmarks of what durability costs; data
-//! reaches disk within sled's 500 ms flush interval).
+//! [`Durability::Flush`] writes the log record without `fdatasync` (survives a process crash, not
+//! a power loss); [`Durability::None`] writes no log at all (benchmarks of what durability costs;
+//! sled's background flush makes data durable within about 500 ms).
 
 use std::{
     fs::File,
     path::{Path, PathBuf},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
+        mpsc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use alloy_primitives::{Address, B256};
 use paychan_core::batch::payee::ChannelRecord;
-use tokio::sync::watch;
 
 use crate::{
     Aggregate, Error, JournalEntry, PayerChannelRecord, Result, Store, StoreStats, WriteBatch,
-    codec, plan,
+    codec,
+    plan::{self, Plan},
+    wal::Wal,
 };
 
 /// How hard a commit works to be durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// sled flush, then `fdatasync` of the data file: survives power loss.
+    /// Log record written and `fdatasync`ed before the commit returns: survives power loss.
     #[default]
     Fsync,
-    /// sled flush only (`sync_file_range` on Linux): survives a process crash.
+    /// Log record written, not synced: survives a process crash.
     Flush,
-    /// No flush per commit: for measuring what durability costs.
+    /// No log: for measuring what durability costs.
     None,
 }
 
@@ -80,64 +81,57 @@ pub struct SledStoreConfig {
     pub durability: Durability,
     /// sled page cache size, bytes.
     pub cache_bytes: u64,
-    /// When two or more commits are waiting for a flush, how long the flusher waits for more
-    /// before flushing: fewer flushes per request under load. A lone commit never waits.
-    /// Default 200 µs.
+    /// Most batches grouped into one commit.
+    pub max_group: usize,
+    /// Under contention (two or more batches already waiting), how long the committer waits for
+    /// more before writing the group: fewer syncs per request under load. A lone commit never
+    /// waits. Default 100 µs.
     pub group_window: Duration,
+    /// Flush sled and truncate the log at least this often (default 5 s).
+    pub checkpoint_every: Duration,
+    /// ... or when the log reaches this size (default 64 MiB),
+    pub checkpoint_bytes: u64,
+    /// ... or when this many distinct keys wait in the overlay (default 200,000).
+    pub checkpoint_keys: usize,
 }
 
 impl SledStoreConfig {
-    /// Defaults for `path`: fsync durability, 256 MiB cache, 200 µs group window.
+    /// Defaults for `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             durability: Durability::Fsync,
             cache_bytes: 256 << 20,
-            group_window: Duration::from_micros(200),
+            max_group: 4096,
+            group_window: Duration::from_micros(100),
+            checkpoint_every: Duration::from_secs(5),
+            checkpoint_bytes: 64 << 20,
+            checkpoint_keys: 200_000,
         }
     }
 }
 
-/// What the flusher has made durable. A failed flush is sticky: the store fails closed, and
-/// every later commit fails until it is reopened (after an I/O error nothing more may be
-/// acknowledged as durable).
-#[derive(Debug, Clone, Default)]
-struct Durable {
-    /// Every commit with a sequence number up to this is durable.
-    seq: u64,
-    /// A flush failed: commits waiting for it fail with this.
-    failed: Option<Error>,
-}
+type Job = (WriteBatch, tokio::sync::oneshot::Sender<Result<()>>);
 
-struct Shared {
-    /// Highest sequence number applied to sled.
-    applied: AtomicU64,
-    /// Wakes the flusher when `applied` moves.
-    pending: Mutex<bool>,
-    wake: Condvar,
-    closing: Mutex<bool>,
-    flushes: AtomicU64,
-    batches: AtomicU64,
-}
+/// Writes logged but not yet in sled: key → value, or `None` for a deletion.
+type Overlay = Arc<std::sync::RwLock<std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>>>;
 
 struct Inner {
     db: sled::Db,
+    overlay: Overlay,
     path: PathBuf,
-    durability: Durability,
-    shared: Arc<Shared>,
-    durable: watch::Receiver<Durable>,
-    /// Serializes batches that read stored values (read-modify-write).
-    rmw: Mutex<()>,
-    flusher: Option<JoinHandle<()>>,
+    tx: Option<mpsc::Sender<Job>>,
+    committer: Option<JoinHandle<()>>,
+    commits: Arc<AtomicU64>,
+    batches: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut c) = self.shared.closing.lock() {
-            *c = true;
-        }
-        self.shared.wake.notify_all();
-        if let Some(h) = self.flusher.take() {
+        // Closing the queue ends the committer after it has answered every queued batch and
+        // written a last checkpoint.
+        self.tx.take();
+        if let Some(h) = self.committer.take() {
             let _ = h.join();
         }
     }
@@ -161,8 +155,30 @@ fn io(e: impl std::fmt::Display) -> Error {
     Error::Io(e.to_string())
 }
 
+/// The name of the write-ahead log inside the database directory.
+pub const WAL_FILE: &str = "paychan.wal";
+
+struct Committer {
+    db: sled::Db,
+    overlay: Overlay,
+    checkpoint_keys: usize,
+    wal: Option<Wal>,
+    data_file: Option<File>,
+    durability: Durability,
+    max_group: usize,
+    window: Duration,
+    checkpoint_every: Duration,
+    checkpoint_bytes: u64,
+    last_checkpoint: Instant,
+    /// After an I/O failure nothing more may be acknowledged: the store fails closed.
+    failed: Option<Error>,
+    commits: Arc<AtomicU64>,
+    batches: Arc<AtomicU64>,
+}
+
 impl SledStore {
-    /// Opens (creating if needed) the database at `config.path`, checking its format.
+    /// Opens (creating if needed) the database at `config.path`, checks its format, and replays
+    /// its write-ahead log.
     pub fn open(config: SledStoreConfig) -> Result<Self> {
         let db = sled::Config::new()
             .path(&config.path)
@@ -170,46 +186,64 @@ impl SledStore {
             .open()
             .map_err(|e| Error::Io(format!("opening {}: {e}", config.path.display())))?;
         check_format(&db)?;
-        let data_file = if config.durability == Durability::Fsync {
-            Some(File::open(config.path.join("db")).map_err(|e| {
-                Error::Io(format!(
-                    "opening {} for fdatasync: {e}",
-                    config.path.join("db").display()
-                ))
-            })?)
-        } else {
-            None
+        let data_file = File::open(config.path.join("db")).map_err(|e| {
+            Error::Io(format!(
+                "opening {} for fdatasync: {e}",
+                config.path.join("db").display()
+            ))
+        })?;
+        let mut wal = Wal::open(config.path.join(WAL_FILE))?;
+        let replay = wal.records()?;
+        if !replay.is_empty() {
+            tracing::info!(target: "paychan_store", records = replay.len(), "replaying the write-ahead log");
+            for p in &replay {
+                apply_plan(&db, p.clone())?;
+            }
+            db.flush().map_err(io)?;
+            data_file
+                .sync_data()
+                .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
+        }
+        if wal.len() > 0 {
+            wal.truncate()?;
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let batches = Arc::new(AtomicU64::new(0));
+        let overlay: Overlay = Arc::default();
+        let mut c = Committer {
+            db: db.clone(),
+            overlay: overlay.clone(),
+            checkpoint_keys: config.checkpoint_keys,
+            wal: (config.durability != Durability::None).then_some(wal),
+            data_file: (config.durability == Durability::Fsync).then_some(data_file),
+            durability: config.durability,
+            max_group: config.max_group.max(1),
+            window: if config.durability == Durability::None {
+                Duration::ZERO
+            } else {
+                config.group_window
+            },
+            checkpoint_every: config.checkpoint_every,
+            checkpoint_bytes: config.checkpoint_bytes,
+            last_checkpoint: Instant::now(),
+            failed: None,
+            commits: commits.clone(),
+            batches: batches.clone(),
         };
-        let shared = Arc::new(Shared {
-            applied: AtomicU64::new(0),
-            pending: Mutex::new(false),
-            wake: Condvar::new(),
-            closing: Mutex::new(false),
-            flushes: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-        });
-        let (durable_tx, durable_rx) = watch::channel(Durable::default());
-        let flusher = if config.durability == Durability::None {
-            None
-        } else {
-            let (db, shared) = (db.clone(), shared.clone());
-            let window = config.group_window;
-            Some(
-                std::thread::Builder::new()
-                    .name("paychan-store-flush".into())
-                    .spawn(move || flush_loop(db, shared, durable_tx, data_file, window))
-                    .map_err(io)?,
-            )
-        };
+        let committer = std::thread::Builder::new()
+            .name("paychan-store-commit".into())
+            .spawn(move || c.run(rx))
+            .map_err(io)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                overlay,
                 path: config.path,
-                durability: config.durability,
-                shared,
-                durable: durable_rx,
-                rmw: Mutex::new(()),
-                flusher,
+                tx: Some(tx),
+                committer: Some(committer),
+                commits,
+                batches,
             }),
         })
     }
@@ -220,64 +254,206 @@ impl SledStore {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.inner.db.get(key).map_err(io)?.map(|v| v.to_vec()))
+        read_through(&self.inner.db, &self.inner.overlay, key)
     }
 
+    /// Keys with `prefix` after `after` (exclusive), up to `limit`: sled merged with the overlay.
     fn prefixed(
         &self,
         prefix: u8,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start = after.map_or_else(|| vec![prefix], <[u8]>::to_vec);
         let end = vec![prefix + 1];
-        let iter = match after {
-            Some(a) => self.inner.db.range(a.to_vec()..end),
-            None => self.inner.db.range(vec![prefix]..end),
+        let over: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+            let o = self
+                .inner
+                .overlay
+                .read()
+                .map_err(|_| io("store overlay lock poisoned"))?;
+            o.range(start.clone()..end.clone())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         };
+        let mut over = over
+            .into_iter()
+            .filter(|(k, _)| Some(k.as_slice()) != after)
+            .peekable();
+        let mut disk = self.inner.db.range(start..end).filter(|kv| match kv {
+            Ok((k, _)) => Some(k.as_ref()) != after,
+            Err(_) => true,
+        });
+        let mut next_disk = disk.next().transpose().map_err(io)?;
         let mut out = Vec::new();
-        for kv in iter {
-            let (k, v) = kv.map_err(io)?;
-            if Some(k.as_ref()) == after {
-                continue;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-            if out.len() >= limit {
-                break;
+        while out.len() < limit {
+            let take_over = match (over.peek(), &next_disk) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ok, _)), Some((dk, _))) => ok.as_slice() <= dk.as_ref(),
+            };
+            if take_over {
+                let Some((k, v)) = over.next() else { break };
+                if next_disk
+                    .as_ref()
+                    .is_some_and(|(dk, _)| dk.as_ref() == k.as_slice())
+                {
+                    next_disk = disk.next().transpose().map_err(io)?;
+                }
+                if let Some(v) = v {
+                    out.push((k, v));
+                }
+            } else if let Some((k, v)) = next_disk.take() {
+                out.push((k.to_vec(), v.to_vec()));
+                next_disk = disk.next().transpose().map_err(io)?;
             }
         }
         Ok(out)
     }
+}
 
-    /// Applies `batch` to sled atomically and returns its sequence number.
-    fn apply(&self, batch: &WriteBatch) -> Result<u64> {
-        let db = &self.inner.db;
-        let read = |k: &[u8]| -> Result<Option<Vec<u8>>> {
-            Ok(db.get(k).map_err(io)?.map(|v| v.to_vec()))
-        };
-        let needs_reads = !batch.aggregates.is_empty();
-        let _guard = if needs_reads {
-            Some(
-                self.inner
-                    .rmw
-                    .lock()
-                    .map_err(|_| io("store lock poisoned"))?,
-            )
-        } else {
-            None
-        };
-        let mut p = plan::Plan::new();
-        plan::add(&mut p, batch, &read)?;
-        let mut sb = sled::Batch::default();
-        for (k, v) in p {
-            match v {
-                Some(v) => sb.insert(k, v),
-                None => sb.remove(k),
+/// A key's value: the overlay's if it has one (a deletion reads as absent), else sled's.
+fn read_through(db: &sled::Db, overlay: &Overlay, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    if let Some(v) = overlay
+        .read()
+        .map_err(|_| io("store overlay lock poisoned"))?
+        .get(key)
+    {
+        return Ok(v.clone());
+    }
+    Ok(db.get(key).map_err(io)?.map(|v| v.to_vec()))
+}
+
+fn apply_plan(db: &sled::Db, p: Plan) -> Result<()> {
+    let mut sb = sled::Batch::default();
+    for (k, v) in p {
+        match v {
+            Some(v) => sb.insert(k, v),
+            None => sb.remove(k),
+        }
+    }
+    db.apply_batch(sb).map_err(io)
+}
+
+impl Committer {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            let until_checkpoint = self
+                .checkpoint_every
+                .saturating_sub(self.last_checkpoint.elapsed());
+            let first = match rx.recv_timeout(until_checkpoint.max(Duration::from_millis(1))) {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.maybe_checkpoint(true);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut jobs = vec![first];
+            self.drain(&rx, &mut jobs);
+            // Contention: others are committing too. Wait a little for more to share the sync.
+            if jobs.len() >= 2 && !self.window.is_zero() {
+                let deadline = Instant::now() + self.window;
+                while jobs.len() < self.max_group {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(j) => {
+                            jobs.push(j);
+                            self.drain(&rx, &mut jobs);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let result = self.commit_group(&jobs);
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.batches.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            for (_, reply) in jobs {
+                let _ = reply.send(result.clone());
+            }
+            self.maybe_checkpoint(false);
+        }
+        // Closing: make sled durable and empty the log.
+        self.maybe_checkpoint(true);
+    }
+
+    fn drain(&self, rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+        while jobs.len() < self.max_group {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
             }
         }
-        db.apply_batch(sb).map_err(io)?;
-        // Numbered after the apply completed: a flush that starts after reading this number
-        // covers this batch.
-        Ok(self.inner.shared.applied.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn commit_group(&mut self, jobs: &[Job]) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let (db, overlay) = (&self.db, &self.overlay);
+        let read = |k: &[u8]| read_through(db, overlay, k);
+        let mut p = Plan::new();
+        for (batch, _) in jobs {
+            plan::add(&mut p, batch, &read)?;
+        }
+        if let Some(wal) = &mut self.wal
+            && let Err(e) = wal.append(&p, self.durability == Durability::Fsync)
+        {
+            tracing::error!(target: "paychan_store", error = %e, "write-ahead log failed; the store stops acknowledging");
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
+        self.overlay
+            .write()
+            .map_err(|_| io("store overlay lock poisoned"))?
+            .extend(p);
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self, force: bool) {
+        let keys = self.overlay.read().map(|o| o.len()).unwrap_or(usize::MAX);
+        if keys == 0 {
+            self.last_checkpoint = Instant::now();
+            return;
+        }
+        let log_bytes = self.wal.as_ref().map_or(0, Wal::len);
+        if !force
+            && log_bytes < self.checkpoint_bytes
+            && keys < self.checkpoint_keys
+            && self.last_checkpoint.elapsed() < self.checkpoint_every
+        {
+            return;
+        }
+        // Readers keep seeing the overlay until sled holds everything in it durably.
+        let snapshot: Plan = match self.overlay.read() {
+            Ok(o) => o.clone(),
+            Err(_) => return,
+        };
+        let result = apply_plan(&self.db, snapshot)
+            .and_then(|_| self.db.flush().map_err(io))
+            .and_then(|_| match &self.data_file {
+                Some(f) => f
+                    .sync_data()
+                    .map_err(|e| Error::Io(format!("fdatasync: {e}"))),
+                None => Ok(()),
+            })
+            .and_then(|_| self.wal.as_mut().map_or(Ok(()), Wal::truncate));
+        match result {
+            Ok(()) => {
+                if let Ok(mut o) = self.overlay.write() {
+                    o.clear();
+                }
+            }
+            // The log and the overlay still hold everything: nothing is lost; retried later.
+            Err(e) => {
+                tracing::warn!(target: "paychan_store", error = %e, "checkpoint failed; the write-ahead log is kept")
+            }
+        }
+        self.last_checkpoint = Instant::now();
     }
 }
 
@@ -317,59 +493,6 @@ fn check_format(db: &sled::Db) -> Result<()> {
     }
 }
 
-fn flush_loop(
-    db: sled::Db,
-    shared: Arc<Shared>,
-    durable: watch::Sender<Durable>,
-    data_file: Option<File>,
-    window: Duration,
-) {
-    let mut flushed = 0u64;
-    loop {
-        // Sleep until something was applied past what is durable, or the store closes.
-        {
-            let Ok(mut pending) = shared.pending.lock() else {
-                return;
-            };
-            while !*pending && shared.applied.load(Ordering::SeqCst) <= flushed {
-                if shared.closing.lock().map(|c| *c).unwrap_or(true) {
-                    return;
-                }
-                pending = match shared
-                    .wake
-                    .wait_timeout(pending, Duration::from_millis(100))
-                {
-                    Ok((p, _)) => p,
-                    Err(_) => return,
-                };
-            }
-            *pending = false;
-        }
-        // Under contention, give the others a moment to join this flush.
-        if !window.is_zero() && shared.applied.load(Ordering::SeqCst) >= flushed + 2 {
-            std::thread::sleep(window);
-        }
-        let target = shared.applied.load(Ordering::SeqCst);
-        let result = db.flush().map_err(io).and_then(|_| match &data_file {
-            Some(f) => f
-                .sync_data()
-                .map_err(|e| Error::Io(format!("fdatasync: {e}"))),
-            None => Ok(()),
-        });
-        shared.flushes.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                flushed = target;
-                durable.send_modify(|d| d.seq = target);
-            }
-            Err(e) => {
-                tracing::error!(target: "paychan_store", error = %e, "flush failed");
-                durable.send_modify(|d| d.failed = Some(e));
-            }
-        }
-    }
-}
-
 impl Store for SledStore {
     async fn channel(&self, id: B256) -> Result<Option<ChannelRecord>> {
         let key = codec::channel_key(&id);
@@ -398,24 +521,14 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let seq = self.apply(&batch)?;
-        self.inner.shared.batches.fetch_add(1, Ordering::Relaxed);
-        if self.inner.durability == Durability::None {
-            return Ok(());
-        }
-        if let Ok(mut p) = self.inner.shared.pending.lock() {
-            *p = true;
-        }
-        self.inner.shared.wake.notify_one();
-        let mut rx = self.inner.durable.clone();
-        let state = rx
-            .wait_for(|d| d.seq >= seq || d.failed.is_some())
-            .await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .send((batch, tx))
             .map_err(|_| Error::Closed)?;
-        match &state.failed {
-            Some(e) if state.seq < seq => Err(e.clone()),
-            _ => Ok(()),
-        }
+        rx.await.map_err(|_| Error::Closed)?
     }
 
     async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
@@ -425,14 +538,11 @@ impl Store for SledStore {
             .map(|v| codec::decode_json(&key, &v))
             .transpose()?
             .unwrap_or_default();
-        let mut charged = 0u128;
-        for kv in self.inner.db.scan_prefix([codec::CHANNEL_PREFIX]) {
-            let (_, v) = kv.map_err(io)?;
-            if let Some(c) = codec::peek_charged(&v, &receiver, &token) {
-                charged = charged.saturating_add(c);
-            }
-        }
-        agg.charged = charged;
+        agg.charged = self
+            .prefixed(codec::CHANNEL_PREFIX, None, usize::MAX)?
+            .iter()
+            .filter_map(|(_, v)| codec::peek_charged(v, &receiver, &token))
+            .fold(0u128, u128::saturating_add);
         Ok(agg)
     }
 
@@ -463,19 +573,30 @@ impl Store for SledStore {
     }
 
     async fn next_journal_id(&self) -> Result<u64> {
-        let last = self
+        let (lo, hi) = (vec![codec::JOURNAL_PREFIX], vec![codec::JOURNAL_PREFIX + 1]);
+        let in_overlay = {
+            let o = self
+                .inner
+                .overlay
+                .read()
+                .map_err(|_| io("store overlay lock poisoned"))?;
+            o.range(lo.clone()..hi.clone())
+                .next_back()
+                .map(|(k, _)| k.clone())
+        };
+        let on_disk = self
             .inner
             .db
-            .range(vec![codec::JOURNAL_PREFIX]..vec![codec::JOURNAL_PREFIX + 1])
+            .range(lo..hi)
             .next_back()
             .transpose()
-            .map_err(io)?;
-        Ok(match last {
-            Some((k, _)) if k.len() == 9 => {
-                u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8])) + 1
-            }
-            _ => 1,
-        })
+            .map_err(io)?
+            .map(|(k, _)| k.to_vec());
+        let id = |k: Option<Vec<u8>>| match k {
+            Some(k) if k.len() == 9 => u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8])),
+            _ => 0,
+        };
+        Ok(id(in_overlay).max(id(on_disk)) + 1)
     }
 
     async fn payer_channel(&self, id: B256) -> Result<Option<PayerChannelRecord>> {
@@ -497,12 +618,14 @@ impl Store for SledStore {
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        let channels = self.inner.db.scan_prefix([codec::CHANNEL_PREFIX]).count() as u64;
+        let channels = self
+            .prefixed(codec::CHANNEL_PREFIX, None, usize::MAX)?
+            .len() as u64;
         Ok(StoreStats {
             channels,
             disk_bytes: self.inner.db.size_on_disk().map_err(io)?,
-            commits: self.inner.shared.flushes.load(Ordering::Relaxed),
-            batches: self.inner.shared.batches.load(Ordering::Relaxed),
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            batches: self.inner.batches.load(Ordering::Relaxed),
         })
     }
 }

@@ -112,3 +112,106 @@ async fn concurrent_commits_share_flushes() {
         assert_eq!(st.channels, 250);
     }
 }
+
+#[tokio::test]
+async fn commits_go_through_the_write_ahead_log_and_a_clean_close_empties_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let wal = path.join(paychan_store::sled_store::WAL_FILE);
+    {
+        let mut cfg = SledStoreConfig::new(&path);
+        cfg.checkpoint_every = std::time::Duration::from_secs(3600);
+        let s = SledStore::open(cfg).unwrap();
+        for i in 0..10 {
+            s.commit(WriteBatch::channel(record(i, u128::from(i))))
+                .await
+                .unwrap();
+        }
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() > 10 * 359,
+            "every commit is logged before it is acknowledged"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        0,
+        "closing checkpoints and truncates the log"
+    );
+    let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+    assert_eq!(
+        s.channel(B256::repeat_byte(9))
+            .await
+            .unwrap()
+            .unwrap()
+            .charged,
+        9
+    );
+}
+
+#[tokio::test]
+async fn reads_merge_sled_with_writes_not_yet_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+        s.commit(WriteBatch {
+            channels: vec![record(1, 1), record(2, 2), record(3, 3)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    } // closing checkpoints: 1, 2, 3 are in sled
+    let mut cfg = SledStoreConfig::new(&path);
+    cfg.checkpoint_every = std::time::Duration::from_secs(3600);
+    let s = SledStore::open(cfg).unwrap();
+    // in the overlay only: delete 1, overwrite 2, add 4
+    s.commit(WriteBatch {
+        channels: vec![record(2, 20), record(4, 4)],
+        remove_channels: vec![B256::repeat_byte(1)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let charged = |v: Vec<paychan_core::batch::payee::ChannelRecord>| {
+        v.iter().map(|r| r.charged).collect::<Vec<_>>()
+    };
+    assert!(s.channel(B256::repeat_byte(1)).await.unwrap().is_none());
+    assert_eq!(
+        s.channel(B256::repeat_byte(2))
+            .await
+            .unwrap()
+            .unwrap()
+            .charged,
+        20
+    );
+    assert_eq!(
+        charged(s.channels_after(None, 10).await.unwrap()),
+        vec![20, 3, 4]
+    );
+    assert_eq!(
+        charged(s.channels_after(None, 2).await.unwrap()),
+        vec![20, 3]
+    );
+    assert_eq!(
+        charged(
+            s.channels_after(Some(B256::repeat_byte(2)), 10)
+                .await
+                .unwrap()
+        ),
+        vec![3, 4]
+    );
+    assert_eq!(s.stats().await.unwrap().channels, 3);
+    assert_eq!(
+        s.aggregate(crate::conformance::RECEIVER, crate::conformance::TOKEN)
+            .await
+            .unwrap()
+            .charged,
+        27
+    );
+    drop(s);
+    let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+    assert_eq!(
+        charged(s.channels_after(None, 10).await.unwrap()),
+        vec![20, 3, 4]
+    );
+}
