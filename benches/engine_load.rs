@@ -44,7 +44,10 @@ const PRICE: u128 = 1_000;
 const BALANCE: u128 = u128::MAX / 4;
 
 struct Setup {
-    _chain: Arc<DevChain>,
+    /// The dev chain, owned by the parent process and kept alive by this field (children
+    /// reach it by URL).
+    _chain: Option<Arc<DevChain>>,
+    rpc_url: String,
     reader: ChainReader,
     domain: BatchDomain,
     offer: BatchRequirements,
@@ -240,7 +243,10 @@ async fn throughput(
             let dir = tempfile::tempdir().unwrap();
             let mut sc = SledStoreConfig::new(dir.path().join("db"));
             sc.durability = durability;
-            if let Some(us) = std::env::var("PAYCHAN_BENCH_GROUP_WINDOW_US").ok().and_then(|v| v.parse().ok()) {
+            if let Some(us) = std::env::var("PAYCHAN_BENCH_GROUP_WINDOW_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
                 sc.group_window = Duration::from_micros(us);
             }
             let store = SledStore::open(sc).unwrap();
@@ -343,89 +349,197 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Bytes of every file below `p` (sled's files and the write-ahead log).
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e6
 }
 
+/// One row per stored-channel count. Each store is seeded by one child process and measured by
+/// another that reopens it: the measured process is a server that restarted with that many
+/// channels stored, not one that carries the seeding's allocations.
 async fn scale(s: &Setup, backend: Backend, quick: bool) {
     println!(
         "\n## scale ({}): latency of one accept (durable) and resident memory by stored channels",
         backend.name()
     );
     println!(
-        "| stored channels | cold p50 µs | cold p99 µs | warm p50 µs | warm p99 µs | RSS MiB | store on disk MiB |"
+        "| stored channels | cold p50 µs | cold p99 µs | warm p50 µs | warm p99 µs | RSS after open MiB | RSS after serving MiB | store on disk MiB |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let samples: u64 = if quick { 300 } else { 2_000 };
     let sizes: &[u64] = if quick {
         &[1_000, 100_000]
     } else {
         &[1_000, 100_000, 1_000_000]
     };
+    let exe = std::env::current_exe().unwrap();
+    let offer = serde_json::to_string(&s.offer.to_generic()).unwrap();
     for &n in sizes {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(SledStoreConfig::new(dir.path().join("db"))).unwrap();
-        seed(&store, s, n).await;
-        let e = engine(s, store.clone(), backend);
-        // sample channels spread over the whole range
-        let step = (n / samples).max(1);
-        let chosen: Vec<u64> = (0..samples).map(|i| (i * step + 7) % n).collect();
-        let mut pcs: Vec<_> = chosen
-            .iter()
-            .map(|&ch| {
-                let cfg = config(s, ch);
-                (
-                    paychan_core::batch::payer::PayerChannel::from_chain(
-                        &s.domain, cfg, BALANCE, 0,
-                    ),
-                    ch,
-                )
-            })
-            .collect();
-        let mut cold = Vec::new();
-        let mut warm = Vec::new();
-        for round in 0..2 {
-            let mut payloads = Vec::new();
-            for (pc, ch) in &mut pcs {
-                let payer = &s.payers[(*ch % s.payers.len() as u64) as usize];
-                let p = pc.voucher_payload(&s.domain, payer, PRICE).unwrap();
-                pc.charged += PRICE;
-                payloads.push(PaymentPayload {
-                    x402_version: X402_VERSION,
-                    resource: None,
-                    accepted: s.offer.to_generic(),
-                    payload: BatchPayload::Voucher(p),
-                    extensions: None,
-                });
-            }
-            for p in &payloads {
-                let t = Instant::now();
-                accept(&e, p, &s.offer).await;
-                if round == 0 {
-                    cold.push(t.elapsed())
-                } else {
-                    warm.push(t.elapsed())
-                }
+        let child = |args: Vec<String>| {
+            let out = std::process::Command::new(&exe)
+                .args(args)
+                .env("PAYCHAN_BENCH_RPC", &s.rpc_url)
+                .env("PAYCHAN_BENCH_OFFER", &offer)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let path = dir.path().display().to_string();
+        child(vec!["scale-seed".into(), n.to_string(), path.clone()]);
+        let row = child(vec![
+            "scale-measure".into(),
+            n.to_string(),
+            path,
+            samples.to_string(),
+            backend.name().into(),
+        ]);
+        println!("{row}");
+    }
+}
+
+/// A setup for a child process: the parent's chain and offer, from the environment.
+async fn child_setup() -> Setup {
+    let rpc_url = std::env::var("PAYCHAN_BENCH_RPC").unwrap();
+    let reader = ChainReader::connect(ChainConfig::dev(&rpc_url))
+        .await
+        .unwrap();
+    let generic = serde_json::from_str(&std::env::var("PAYCHAN_BENCH_OFFER").unwrap()).unwrap();
+    let offer = BatchRequirements::from_generic(&generic).unwrap();
+    let domain = BatchDomain::new(offer.chain_id, ESCROW);
+    Setup {
+        _chain: None,
+        rpc_url,
+        reader,
+        domain,
+        offer,
+        payers: payers(),
+    }
+}
+
+async fn scale_seed(n: u64, dir: &str) {
+    let s = child_setup().await;
+    let store =
+        SledStore::open(SledStoreConfig::new(std::path::Path::new(dir).join("db"))).unwrap();
+    seed(&store, &s, n).await;
+}
+
+async fn scale_measure(n: u64, dir: &str, samples: u64, backend: Backend) {
+    let s = child_setup().await;
+    let store =
+        SledStore::open(SledStoreConfig::new(std::path::Path::new(dir).join("db"))).unwrap();
+    let rss_open = rss_mib();
+    let e = engine(&s, store.clone(), backend);
+    let samples = samples.min(n);
+    let step = (n / samples).max(1);
+    let chosen: Vec<u64> = (0..samples).map(|i| (i * step + 7) % n).collect();
+    let mut pcs: Vec<_> = chosen
+        .iter()
+        .map(|&ch| {
+            (
+                paychan_core::batch::payer::PayerChannel::from_chain(
+                    &s.domain,
+                    config(&s, ch),
+                    BALANCE,
+                    0,
+                ),
+                ch,
+            )
+        })
+        .collect();
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for round in 0..2 {
+        let mut payloads = Vec::new();
+        for (pc, ch) in &mut pcs {
+            let payer = &s.payers[(*ch % s.payers.len() as u64) as usize];
+            let p = pc.voucher_payload(&s.domain, payer, PRICE).unwrap();
+            pc.charged += PRICE;
+            payloads.push(PaymentPayload {
+                x402_version: X402_VERSION,
+                resource: None,
+                accepted: s.offer.to_generic(),
+                payload: BatchPayload::Voucher(p),
+                extensions: None,
+            });
+        }
+        for p in &payloads {
+            let t = Instant::now();
+            accept(&e, p, &s.offer).await;
+            if round == 0 {
+                cold.push(t.elapsed())
+            } else {
+                warm.push(t.elapsed())
             }
         }
-        let disk = store.stats().await.unwrap().disk_bytes as f64 / (1024.0 * 1024.0);
-        println!(
-            "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            pct(&mut cold, 0.5),
-            pct(&mut cold, 0.99),
-            pct(&mut warm, 0.5),
-            pct(&mut warm, 0.99),
-            rss_mib(),
-            disk
-        );
-        drop(e);
-        drop(store);
     }
+    println!(
+        "| {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        pct(&mut cold, 0.5),
+        pct(&mut cold, 0.99),
+        pct(&mut warm, 0.5),
+        pct(&mut warm, 0.99),
+        rss_open,
+        rss_mib(),
+        dir_bytes(std::path::Path::new(dir)) as f64 / (1024.0 * 1024.0)
+    );
+}
+
+fn payers() -> Vec<LocalSigner> {
+    (0..64u64)
+        .map(|i| {
+            let mut k = [7u8; 32];
+            k[24..].copy_from_slice(&(i + 1).to_be_bytes());
+            LocalSigner::from_bytes(&B256::from(k)).unwrap()
+        })
+        .collect()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("scale-seed" | "scale-measure")
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n: u64 = args[1].parse().unwrap();
+        rt.block_on(async {
+            if args[0] == "scale-seed" {
+                scale_seed(n, &args[2]).await;
+            } else {
+                let backend = if args[4] == "k256" {
+                    Backend::K256
+                } else {
+                    Backend::Libsecp256k1
+                };
+                scale_measure(n, &args[2], args[3].parse().unwrap(), backend).await;
+            }
+        });
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let backend = match args
         .iter()
@@ -461,15 +575,10 @@ fn main() {
             .unwrap();
         let domain = BatchDomain::new(chain.chain_id(), ESCROW);
         let offer = offer_for(&chain);
-        let payers = (0..64u64)
-            .map(|i| {
-                let mut k = [7u8; 32];
-                k[24..].copy_from_slice(&(i + 1).to_be_bytes());
-                LocalSigner::from_bytes(&B256::from(k)).unwrap()
-            })
-            .collect();
+        let payers = payers();
         let s = Setup {
-            _chain: chain,
+            rpc_url: chain.rpc_url().to_owned(),
+            _chain: Some(chain),
             reader,
             domain,
             offer,
