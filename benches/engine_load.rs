@@ -36,7 +36,7 @@ use paychan_core::{
     sig::{Backend, LocalSigner, Signature},
     x402::{PaymentPayload, X402_VERSION},
 };
-use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW};
 use paychan_engine::{Begin, Engine, EngineConfig, NoFacilitator};
 use paychan_store::{Durability, SledStore, SledStoreConfig, Store, WriteBatch};
 
@@ -55,14 +55,7 @@ struct Setup {
 }
 
 fn offer_for(chain: &DevChain) -> BatchRequirements {
-    let json = serde_json::json!({
-        "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
-        "amount": PRICE.to_string(), "asset": chain.contracts().token.to_string(),
-        "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
-        "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
-                  "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
-    });
-    BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap()
+    chain.offer(PRICE)
 }
 
 fn config(s: &Setup, n: u64) -> ChannelConfig {

@@ -82,15 +82,7 @@ impl Env {
     async fn start() -> Env {
         let chain = DevChain::start().await.unwrap();
         let domain = BatchDomain::new(chain.chain_id(), ESCROW);
-        let json = serde_json::json!({
-            "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
-            "amount": PRICE.to_string(), "asset": chain.contracts().token.to_string(),
-            "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
-            "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
-                      "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
-        });
-        let offer =
-            BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
+        let offer = chain.offer(PRICE);
         let reader = ChainReader::connect(ChainConfig {
             poll_interval: Duration::from_millis(10),
             ..ChainConfig::dev(chain.rpc_url())

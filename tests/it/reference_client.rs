@@ -9,10 +9,7 @@ use std::sync::Arc;
 use alloy::primitives::U256;
 use paychan_bindings::BatchSettlement;
 use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
-use paychan_core::{
-    batch::{BatchDomain, BatchRequirements},
-    sig::LocalSigner,
-};
+use paychan_core::{batch::BatchDomain, sig::LocalSigner};
 use paychan_devchain::{DevChain, ESCROW, Role};
 use paychan_engine::{Engine, EngineConfig};
 use paychan_facilitator::Facilitator;
@@ -28,14 +25,7 @@ const REQUESTS: u128 = 6;
 async fn the_reference_client_pays_a_paychan_server() {
     let chain = Arc::new(DevChain::start().await.unwrap());
     let domain = BatchDomain::new(chain.chain_id(), ESCROW);
-    let json = serde_json::json!({
-        "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
-        "amount": PRICE.to_string(), "asset": chain.contracts().token.to_checksum(None),
-        "payTo": chain.account(Role::Receiver).address.to_checksum(None), "maxTimeoutSeconds": 300,
-        "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_checksum(None),
-                  "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
-    });
-    let offer = BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
+    let offer = chain.offer(PRICE);
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(SledStoreConfig::new(dir.path().join("store"))).unwrap();
     let reader = ChainReader::connect(ChainConfig::dev(chain.rpc_url()))

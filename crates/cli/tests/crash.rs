@@ -235,15 +235,7 @@ price = "{MAX_PRICE}"
         ),
     )
     .unwrap();
-    let offer_json = serde_json::json!({
-        "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
-        "amount": MAX_PRICE.to_string(), "asset": token.to_string(),
-        "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
-        "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
-                  "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
-    });
-    let offer =
-        BatchRequirements::from_generic(&serde_json::from_value(offer_json).unwrap()).unwrap();
+    let offer = chain.offer(MAX_PRICE);
 
     let mut clients = Vec::new();
     for i in 0..CHANNELS {

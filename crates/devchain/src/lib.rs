@@ -27,8 +27,9 @@ use paychan_bindings::{
     convert::erc3009_collector_data,
 };
 use paychan_core::{
+    Network,
     batch::{
-        BatchDomain, ChannelConfig,
+        BatchDomain, BatchExtra, BatchRequirements, ChannelConfig,
         eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
         payee::OnchainState,
     },
@@ -333,6 +334,29 @@ impl DevChain {
             )));
         }
         Ok(receipt.transaction_hash)
+    }
+
+    /// The batch-settlement offer of a server on this chain paid in the dev token: `payTo` the
+    /// receiver account, the receiver-authorizer account, a 900 s withdraw delay, offers held
+    /// 300 s, and `price` the maximum per request.
+    pub fn offer(&self, price: u128) -> BatchRequirements {
+        BatchRequirements {
+            network: Network::eip155(self.chain_id()),
+            chain_id: self.chain_id(),
+            amount: price,
+            asset: self.contracts.token,
+            pay_to: self.account(Role::Receiver).address,
+            max_timeout_seconds: 300,
+            extra: BatchExtra {
+                receiver_authorizer: self.account(Role::ReceiverAuthorizer).address,
+                withdraw_delay: 900,
+                name: self.config.token_name.clone(),
+                version: self.config.token_version.clone(),
+                asset_transfer_method: None,
+                channel_state: None,
+                voucher_state: None,
+            },
+        }
     }
 
     /// The escrow's view of a channel.

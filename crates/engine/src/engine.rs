@@ -133,6 +133,24 @@ impl Ticket {
     }
 }
 
+/// The record of `id` with `state` as its mirrored chain state: the slot's record brought up to
+/// date, or a new record for a channel the store does not know.
+fn with_state(
+    slot: &Slot,
+    id: B256,
+    config: paychan_core::batch::ChannelConfig,
+    state: OnchainState,
+    now: u64,
+) -> ChannelRecord {
+    match slot.record.clone() {
+        Some(mut r) => {
+            r.sync_onchain(state, now);
+            r
+        }
+        None => ChannelRecord::from_chain(id, config, state, now),
+    }
+}
+
 /// Deposits remembered as `settlement_pending`, at most this many.
 const MAX_PENDING_DEPOSITS: usize = 10_000;
 
@@ -456,13 +474,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                         Some(s) => OnchainState::from(&s),
                         None => self.read_chain(id).await?,
                     };
-                    let record = match guard.record.clone() {
-                        Some(mut r) => {
-                            r.sync_onchain(state, now);
-                            r
-                        }
-                        None => ChannelRecord::from_chain(id, d.channel_config, state, now),
-                    };
+                    let record = with_state(&guard, id, d.channel_config, state, now);
                     // The voucher is checked against the balance the deposit will make, before
                     // the deposit is executed: a wrong voucher never moves the payer's money.
                     let res = payee::check_paid(
@@ -520,13 +532,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                     None => {
                         // The deposit is on chain now: check the voucher against that state (its
                         // amount is already in the balance).
-                        let record = match guard.record.clone() {
-                            Some(mut r) => {
-                                r.sync_onchain(after, now);
-                                r
-                            }
-                            None => ChannelRecord::from_chain(id, d.channel_config, after, now),
-                        };
+                        let record = with_state(&guard, id, d.channel_config, after, now);
                         let res = payee::check_paid(
                             &record,
                             guard.key.as_ref(),
@@ -603,15 +609,8 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         self.load(&mut guard, id).await?;
         let now = self.now();
         // A refund moves money: always decide on freshly read chain state.
-        let mut record = match guard.record.clone() {
-            Some(mut rec) => {
-                rec.sync_onchain(self.read_chain(id).await?, now);
-                rec
-            }
-            None => {
-                ChannelRecord::from_chain(id, r.channel_config, self.read_chain(id).await?, now)
-            }
-        };
+        let state = self.read_chain(id).await?;
+        let mut record = with_state(&guard, id, r.channel_config, state, now);
         let (plan, key) = self.refusal_to_decline(
             payee::check_refund(&record, guard.key.as_ref(), r, &self.ctx(offer, now)),
             offer,

@@ -15,7 +15,7 @@ use paychan_core::{
     sig::LocalSigner,
     x402::{PaymentPayload, X402_VERSION},
 };
-use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW};
 use paychan_engine::{Clock, Engine, EngineConfig, NoFacilitator};
 use paychan_store::{SledStore, SledStoreConfig};
 
@@ -52,15 +52,7 @@ impl Harness {
     pub async fn new() -> Self {
         let chain = Arc::new(DevChain::start().await.unwrap());
         let domain = BatchDomain::new(chain.chain_id(), ESCROW);
-        let json = serde_json::json!({
-            "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
-            "amount": PRICE.to_string(), "asset": chain.contracts().token.to_string(),
-            "payTo": chain.account(Role::Receiver).address.to_string(), "maxTimeoutSeconds": 300,
-            "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
-                      "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
-        });
-        let offer =
-            BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
+        let offer = chain.offer(PRICE);
         let clock = TestClock(Arc::new(AtomicU64::new(1_000_000)));
         let reader = ChainReader::connect(ChainConfig::new(chain.rpc_url(), chain.chain_id()))
             .await

@@ -51,15 +51,7 @@ impl Env {
         let domain = BatchDomain::new(chain.chain_id(), ESCROW);
         let token = chain.contracts().token;
         let receiver = chain.account(Role::Receiver).address;
-        let json = serde_json::json!({
-            "scheme": "batch-settlement", "network": format!("eip155:{}", chain.chain_id()),
-            "amount": PRICE.to_string(), "asset": token.to_string(),
-            "payTo": receiver.to_string(), "maxTimeoutSeconds": 300,
-            "extra": {"receiverAuthorizer": chain.account(Role::ReceiverAuthorizer).address.to_string(),
-                      "withdrawDelay": 900, "name": "USD Coin", "version": "2"}
-        });
-        let offer =
-            BatchRequirements::from_generic(&serde_json::from_value(json).unwrap()).unwrap();
+        let offer = chain.offer(PRICE);
         let reader = ChainReader::connect(Self::config_for(chain.rpc_url()))
             .await
             .unwrap();
