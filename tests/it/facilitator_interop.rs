@@ -9,25 +9,20 @@
 
 use std::{
     collections::BTreeMap,
-    str::FromStr,
     sync::{Arc, Mutex},
 };
 
-use alloy::{
-    primitives::{Address, B256, U256},
-    providers::Provider,
-};
-use paychan_bindings::BatchSettlement;
+use alloy::primitives::B256;
 use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
-use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_devchain::{DevChain, Role};
 use paychan_facilitator::Facilitator;
 use paychan_store::{JournalKind, JournalState, MemStore, Store};
 use serde_json::Value;
 
-use crate::node::{NODE_TIMEOUT, amount, field, run_script, tx_hash};
-
-const REQUESTS: u128 = 5;
-const PRICE: u128 = 1000;
+use crate::{
+    node::{field, run_script, tx_hash},
+    reference_stack::{Balances, assert_moved_exactly_the_charges, base_env},
+};
 
 /// Requests served, by `METHOD /path`.
 type Counts = Arc<Mutex<BTreeMap<String, usize>>>;
@@ -90,34 +85,9 @@ async fn serve_facilitator(chain: &DevChain) -> Served {
 /// Runs the script against `chain` and paychan's facilitator at `facilitator_url`; returns its
 /// JSON summary line.
 async fn run_reference_stack(chain: &DevChain, facilitator_url: &str) -> Value {
-    let key = |role: Role| chain.account(role).key.to_string();
     // No relayer key: the script must not be able to send transactions itself.
-    let env = [
-        ("PAYCHAN_RPC_URL", chain.rpc_url().to_owned()),
-        ("PAYCHAN_CHAIN_ID", chain.chain_id().to_string()),
-        ("PAYCHAN_TOKEN", chain.contracts().token.to_checksum(None)),
-        ("PAYCHAN_TOKEN_NAME", chain.config().token_name.clone()),
-        (
-            "PAYCHAN_TOKEN_VERSION",
-            chain.config().token_version.clone(),
-        ),
-        ("PAYCHAN_PAYER_KEY", key(Role::Payer(0))),
-        (
-            "PAYCHAN_RECEIVER_ADDRESS",
-            chain.account(Role::Receiver).address.to_checksum(None),
-        ),
-        (
-            "PAYCHAN_RECEIVER_AUTHORIZER_KEY",
-            key(Role::ReceiverAuthorizer),
-        ),
-        ("PAYCHAN_FACILITATOR_URL", facilitator_url.to_owned()),
-        ("PAYCHAN_REQUESTS", REQUESTS.to_string()),
-        ("PAYCHAN_PRICE", PRICE.to_string()),
-        (
-            "PAYCHAN_TIMEOUT_MS",
-            (NODE_TIMEOUT.as_millis() - 10_000).to_string(),
-        ),
-    ];
+    let mut env = base_env(chain);
+    env.push(("PAYCHAN_FACILITATOR_URL", facilitator_url.to_owned()));
     run_script(
         "reference-stack.mjs",
         &env,
@@ -129,13 +99,7 @@ async fn run_reference_stack(chain: &DevChain, facilitator_url: &str) -> Value {
 #[tokio::test]
 async fn reference_server_settles_through_paychans_facilitator() {
     let chain = DevChain::start().await.unwrap();
-    let token = chain.contracts().token;
-    let payer = chain.account(Role::Payer(0)).address;
-    let receiver = chain.account(Role::Receiver).address;
-    let relayer = chain.account(Role::Relayer).address;
-    let payer_before = chain.token_balance(payer).await.unwrap();
-    let receiver_before = chain.token_balance(receiver).await.unwrap();
-    let escrow_before = chain.token_balance(ESCROW).await.unwrap();
+    let before = Balances::read(&chain).await;
 
     let mut served = serve_facilitator(&chain).await;
     let summary = run_reference_stack(&chain, &served.url).await;
@@ -144,88 +108,8 @@ async fn reference_server_settles_through_paychans_facilitator() {
         Some("external"),
         "{summary}"
     );
-
-    let requests = u128::from(
-        field(&summary, &["requests"])
-            .as_u64()
-            .expect("requests is a number"),
-    );
-    let charged = amount(&summary, "charged");
-    let deposited = amount(&summary, "deposited");
-    let refunded = amount(&summary, "refunded");
-    assert_eq!(requests, REQUESTS, "{summary}");
-    // The reference server charges the full per-request price.
-    assert_eq!(charged, requests * PRICE, "{summary}");
-    assert!(
-        deposited > charged,
-        "deposit must leave something to refund: {summary}"
-    );
-    assert_eq!(deposited - refunded, charged, "{summary}");
-
-    // Balances, read on chain: the payer paid exactly the charges (deposit out, refund back), the
-    // receiver got exactly them, and the escrow holds nothing more than before.
-    let charged_u = U256::from(charged);
-    assert_eq!(
-        chain.token_balance(receiver).await.unwrap(),
-        receiver_before + charged_u,
-        "receiver balance"
-    );
-    assert_eq!(
-        chain.token_balance(payer).await.unwrap(),
-        payer_before - charged_u,
-        "payer balance"
-    );
-    assert_eq!(
-        chain.token_balance(ESCROW).await.unwrap(),
-        escrow_before,
-        "escrow balance"
-    );
-
-    // The channel: everything charged was claimed, nothing unclaimed is left in it.
-    let channel_id = B256::from_str(
-        field(&summary, &["channelId"])
-            .as_str()
-            .expect("channelId is a string"),
-    )
-    .expect("channelId is bytes32");
-    let escrow = BatchSettlement::new(ESCROW, chain.provider());
-    let state = escrow.channels(channel_id).call().await.unwrap();
-    assert_eq!(state.totalClaimed, charged, "channel totalClaimed");
-    assert_eq!(
-        state.balance, state.totalClaimed,
-        "channel keeps unclaimed funds"
-    );
-    assert_eq!(
-        escrow.refundNonce(channel_id).call().await.unwrap(),
-        U256::from(1),
-        "one cooperative refund"
-    );
-    let rs = escrow.receivers(receiver, token).call().await.unwrap();
-    assert_eq!(
-        (rs.totalClaimed, rs.totalSettled),
-        (charged, charged),
-        "receiver claimed and settled exactly the charges"
-    );
-
-    // Each reported transaction exists, succeeded, went to the escrow, used the reported gas and
-    // was sent by paychan's relayer.
-    for which in ["deposit", "claim", "settle", "refund"] {
-        let receipt = chain
-            .provider()
-            .get_transaction_receipt(tx_hash(&summary, which))
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("{which} transaction not on chain"));
-        assert!(receipt.status(), "{which} transaction reverted");
-        assert_eq!(receipt.to, Some(ESCROW), "{which} transaction target");
-        let gas = field(&summary, &["gas", which])
-            .as_str()
-            .and_then(|g| g.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("gas.{which} missing: {summary}"));
-        assert_eq!(receipt.gas_used, gas, "{which} gasUsed");
-        let from: Address = receipt.from;
-        assert_eq!(from, relayer, "{which} transaction sender");
-    }
+    // Every transaction was sent by paychan's relayer (the dev relayer account).
+    assert_moved_exactly_the_charges(&chain, &summary, before).await;
 
     // And they are the ones paychan's facilitator journaled: the deposit, the claim, the sweep,
     // and the refund's multicall (a Claim and a Refund entry sharing one transaction), all

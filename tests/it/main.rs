@@ -9,3 +9,4 @@ mod facilitator_interop;
 mod interop;
 mod node;
 mod reference_client;
+mod reference_stack;
