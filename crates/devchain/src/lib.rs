@@ -11,9 +11,11 @@
 //! | --- | --- |
 //! | [`process`] | finding, starting and reaping anvil |
 //! | [`accounts`] | the deterministic dev accounts and their roles |
+//! | [`rpc_proxy`] | a proxy in front of the RPC port that can play a dead node, for outage tests |
 
 pub mod accounts;
 pub mod process;
+pub mod rpc_proxy;
 
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ use paychan_core::{
 
 pub use accounts::{DevAccount, Role};
 pub use process::{AnvilProcess, find_anvil};
+pub use rpc_proxy::{RpcProxy, eventually};
 
 /// Canonical batch-settlement escrow address.
 pub const ESCROW: Address = address!("4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");

@@ -9,12 +9,12 @@ use paychan_chain::{ChainReader, Relayer};
 use paychan_devchain::{ESCROW, Role};
 use paychan_store::Store;
 
-use crate::support::{Env, Proxy, confirmed, mem, sent_with};
+use crate::support::{Env, RpcProxy, confirmed, mem, sent_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlement_survives_a_dead_rpc_node_without_paying_twice() {
     let env = Env::start().await;
-    let proxy = Proxy::start(env.chain.rpc_url()).await;
+    let proxy = RpcProxy::start(env.chain.rpc_url()).await.unwrap();
     let reader = ChainReader::connect(env.config_for(&proxy.url()))
         .await
         .unwrap();
@@ -33,7 +33,7 @@ async fn settlement_survives_a_dead_rpc_node_without_paying_twice() {
         .unwrap();
 
     // 1. The node receives the claim, then dies before answering.
-    proxy.trip_on("eth_sendRawTransaction", true);
+    proxy.trip_on(&["eth_sendRawTransaction"], true);
     let (rows, sig) = env.claim_rows(&[(p0, a, 725)]);
     let r = relayer.clone();
     let claim = tokio::spawn(async move { r.claim_with_signature(rows, sig).await });
@@ -44,7 +44,7 @@ async fn settlement_survives_a_dead_rpc_node_without_paying_twice() {
     .await;
     // The outage outlasts a whole retry budget (6 attempts, ~0.8 s).
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    proxy.revive().await;
+    proxy.revive().unwrap();
     let claim = claim.await.unwrap().unwrap();
     assert_eq!(
         confirmed(&claim).0,
@@ -53,7 +53,7 @@ async fn settlement_survives_a_dead_rpc_node_without_paying_twice() {
     );
 
     // 2. The settle never reaches the node; the relayer re-broadcasts once it is back.
-    proxy.trip_on("eth_sendRawTransaction", false);
+    proxy.trip_on(&["eth_sendRawTransaction"], false);
     let r = relayer.clone();
     let settle = tokio::spawn(async move { r.settle(receiver, env_token(&a)).await });
     let (settle_hash, _, _) = sent_with(&store, 3, 1).await;
@@ -62,7 +62,7 @@ async fn settlement_survives_a_dead_rpc_node_without_paying_twice() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    proxy.revive().await;
+    proxy.revive().unwrap();
     let settle = settle.await.unwrap().unwrap();
     assert_eq!(
         confirmed(&settle).0,

@@ -13,7 +13,7 @@ use paychan_chain::{ChainReader, Relayer};
 use paychan_devchain::{ESCROW, Role};
 use paychan_store::{Durability, JournalState, SledStore, SledStoreConfig, Store};
 
-use crate::support::{Env, Proxy, confirmed, eventually, mem, sent_with};
+use crate::support::{Env, RpcProxy, confirmed, eventually, mem, sent_with};
 
 fn open(dir: &std::path::Path) -> SledStore {
     SledStore::open(SledStoreConfig {
@@ -99,12 +99,12 @@ async fn a_claim_journaled_but_never_broadcast_is_broadcast_by_recovery() {
     let n0 = env.nonce(key).await;
     let store = mem();
 
-    let proxy = Proxy::start(env.chain.rpc_url()).await;
+    let proxy = RpcProxy::start(env.chain.rpc_url()).await.unwrap();
     let reader = ChainReader::connect(env.config_for(&proxy.url()))
         .await
         .unwrap();
     let dying = Relayer::new(reader, store.clone(), env.tx_key(Role::Relayer));
-    proxy.trip_on("eth_sendRawTransaction", false);
+    proxy.trip_on(&["eth_sendRawTransaction"], false);
     let (rows, sig) = env.claim_rows(&[(Role::Payer(0), a, 725)]);
     let task = tokio::spawn(async move { dying.claim_with_signature(rows, sig).await });
     let (hash, _, _) = sent_with(&store, 1, 1).await;

@@ -27,7 +27,7 @@ async fn a_dead_rpc_node_delays_settlement_but_nothing_moves_twice() {
     let total: u128 = payers.iter().map(Payer::charged).sum();
     assert_eq!(total, 3_600);
 
-    let proxy = Proxy::start(env.chain.rpc_url()).await;
+    let proxy = RpcProxy::start(env.chain.rpc_url()).await.unwrap();
     let reader = ChainReader::connect(ChainConfig {
         confirm_timeout: Some(Duration::from_secs(2)),
         ..fast(&proxy.url())
@@ -64,7 +64,7 @@ async fn a_dead_rpc_node_delays_settlement_but_nothing_moves_twice() {
     // 2. Back, until the settle is sent: it never reaches the node.
     let settle = hex::encode(BatchSettlement::settleCall::SELECTOR);
     proxy.trip_on(&["eth_sendRawTransaction", &settle], false);
-    proxy.revive().await;
+    proxy.revive().unwrap();
     eventually("the proxy to die on the settle", 20, || async {
         proxy.tripped().then_some(())
     })
@@ -78,7 +78,7 @@ async fn a_dead_rpc_node_delays_settlement_but_nothing_moves_twice() {
         (total, 0),
         "claimed once, not settled yet"
     );
-    proxy.revive().await;
+    proxy.revive().unwrap();
     eventually("the settle", 30, || async {
         let s = env
             .reader

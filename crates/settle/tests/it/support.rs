@@ -1,15 +1,8 @@
 //! Shared setup: a dev chain, an engine over a sled store, funded channels paid through the
-//! engine, a settler, polling helpers, and a TCP proxy that can play a dead RPC node.
+//! engine, a settler, polling helpers; `RpcProxy` (from
+//! paychan-devchain) plays a dead RPC node.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use alloy::{
     network::TransactionBuilder,
@@ -30,15 +23,11 @@ use paychan_core::{
     x402::{PaymentPayload, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ERC3009_COLLECTOR, ESCROW, Role};
+pub use paychan_devchain::{RpcProxy, eventually};
 use paychan_engine::{Begin, Engine, EngineConfig, NoFacilitator, PaymentFacilitator};
 use paychan_settle::{SettlePolicy, Settler, SettlerConfig, ShutdownReport};
 use paychan_store::{JournalEntry, JournalState, MemStore, SledStore, SledStoreConfig, Store};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
-    sync::oneshot,
-    task::{AbortHandle, JoinHandle},
-};
+use tokio::{sync::oneshot, task::JoinHandle};
 
 pub type TestEngine<F = NoFacilitator> = Engine<SledStore, ChainReader, F>;
 pub type TestSettler<F = NoFacilitator> =
@@ -354,22 +343,6 @@ pub fn run<F: PaymentFacilitator>(
     (tx, h)
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, failing after `secs` seconds.
-pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The first open journal entry `Sent` with at least `hashes` hashes.
 pub async fn sent_with<S: Store>(store: &S, hashes: usize) -> (JournalEntry, Vec<B256>) {
     eventually("a sent journal entry", 20, || async {
@@ -387,182 +360,4 @@ pub async fn sent_with<S: Store>(store: &S, hashes: usize) -> (JournalEntry, Vec
             })
     })
     .await
-}
-
-// ---- a TCP proxy that can die ------------------------------------------------------------------
-
-struct ProxyState {
-    target: SocketAddr,
-    /// Kill the proxy at the next request containing all these strings; `true`: forward it first.
-    trip: Mutex<Option<(Vec<String>, bool)>>,
-    tripped: AtomicBool,
-    /// Set the moment the proxy trips: nothing more goes through, either way.
-    dead: AtomicBool,
-    tasks: Mutex<Vec<AbortHandle>>,
-}
-
-/// A TCP proxy in front of the node. `trip_on` kills it (connection refused, every connection
-/// cut) in the middle of a chosen JSON-RPC call; `revive` opens the same port again.
-pub struct Proxy {
-    addr: SocketAddr,
-    state: Arc<ProxyState>,
-}
-
-impl Proxy {
-    pub async fn start(target_url: &str) -> Proxy {
-        let target: SocketAddr = target_url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
-        let state = Arc::new(ProxyState {
-            target,
-            trip: Mutex::new(None),
-            tripped: AtomicBool::new(false),
-            dead: AtomicBool::new(false),
-            tasks: Mutex::new(Vec::new()),
-        });
-        let addr = listen(state.clone(), "127.0.0.1:0".parse().unwrap()).await;
-        Proxy { addr, state }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub async fn revive(&self) {
-        listen(self.state.clone(), self.addr).await;
-        self.state.dead.store(false, Ordering::SeqCst);
-    }
-
-    /// Arms a kill at the next request containing every one of `needles`; `forward`: let the
-    /// node receive it (and answer) first, then drop the answer.
-    pub fn trip_on(&self, needles: &[&str], forward: bool) {
-        self.state.tripped.store(false, Ordering::SeqCst);
-        *self.state.trip.lock().unwrap() =
-            Some((needles.iter().map(|s| (*s).to_owned()).collect(), forward));
-    }
-
-    pub fn tripped(&self) -> bool {
-        self.state.tripped.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        kill(&self.state);
-    }
-}
-
-fn kill(state: &ProxyState) {
-    for t in state.tasks.lock().unwrap().drain(..) {
-        t.abort();
-    }
-}
-
-async fn listen(state: Arc<ProxyState>, at: SocketAddr) -> SocketAddr {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(at).unwrap();
-    let listener = socket.listen(64).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let st = state.clone();
-    let handle = tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
-            };
-            if st.dead.load(Ordering::SeqCst) {
-                continue;
-            }
-            let st2 = st.clone();
-            let h = tokio::spawn(async move {
-                let _ = serve(st2, client).await;
-            });
-            st.tasks.lock().unwrap().push(h.abort_handle());
-        }
-    });
-    state.tasks.lock().unwrap().push(handle.abort_handle());
-    addr
-}
-
-async fn serve(state: Arc<ProxyState>, client: TcpStream) -> std::io::Result<()> {
-    let server = TcpStream::connect(state.target).await?;
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let st = state.clone();
-    let st_down = state.clone();
-    let up = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = cr.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(false);
-            }
-            let chunk = &buf[..n];
-            let trip = {
-                let mut t = st.trip.lock().unwrap();
-                let text = String::from_utf8_lossy(chunk);
-                match &*t {
-                    Some((needles, forward))
-                        if needles.iter().all(|n| text.contains(n.as_str())) =>
-                    {
-                        let fw = *forward;
-                        *t = None;
-                        Some(fw)
-                    }
-                    _ => None,
-                }
-            };
-            match trip {
-                Some(forward) => {
-                    st.dead.store(true, Ordering::SeqCst);
-                    if forward {
-                        sw.write_all(chunk).await?;
-                        // the rest of this request, if it came in more than one chunk (the
-                        // client sends nothing more on this connection until it is answered)
-                        while let Ok(Ok(n)) =
-                            tokio::time::timeout(Duration::from_millis(50), cr.read(&mut buf)).await
-                        {
-                            if n == 0 {
-                                break;
-                            }
-                            sw.write_all(&buf[..n]).await?;
-                        }
-                    }
-                    return Ok(true);
-                }
-                None if st.dead.load(Ordering::SeqCst) => return Ok(false),
-                None => sw.write_all(chunk).await?,
-            }
-        }
-    });
-    let down = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = sr.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            if st_down.dead.load(Ordering::SeqCst) {
-                // the node's answer goes nowhere
-                continue;
-            }
-            cw.write_all(&buf[..n]).await?;
-        }
-    });
-    {
-        let mut tasks = state.tasks.lock().unwrap();
-        tasks.push(up.abort_handle());
-        tasks.push(down.abort_handle());
-    }
-    if let Ok(Ok(true)) = up.await {
-        // The node got the request (if forwarded) and answers into the void; give it time to
-        // process it, then die.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        down.abort();
-        state.tripped.store(true, Ordering::SeqCst);
-        kill(&state);
-    }
-    Ok(())
 }
