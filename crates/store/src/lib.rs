@@ -21,6 +21,7 @@
 pub mod codec;
 pub mod mem;
 mod plan;
+mod reads;
 pub mod sled_store;
 mod wal;
 

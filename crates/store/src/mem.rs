@@ -12,6 +12,7 @@ use paychan_core::batch::payee::ChannelRecord;
 use crate::{
     Aggregate, Error, JournalEntry, PayerChannelRecord, Result, Store, StoreStats, WriteBatch,
     codec, plan,
+    reads::{self, Kv},
 };
 
 #[derive(Default)]
@@ -43,7 +44,9 @@ impl MemStore {
             .lock()
             .map_err(|_| Error::Io("memory store lock poisoned".into()))
     }
+}
 
+impl Kv for MemStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.lock()?.map.get(key).cloned())
     }
@@ -64,14 +67,20 @@ impl MemStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
+
+    fn last_key(&self, prefix: u8) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .lock()?
+            .map
+            .range(vec![prefix]..vec![prefix + 1])
+            .next_back()
+            .map(|(k, _)| k.clone()))
+    }
 }
 
 impl Store for MemStore {
     async fn channel(&self, id: B256) -> Result<Option<ChannelRecord>> {
-        let key = codec::channel_key(&id);
-        self.get(&key)?
-            .map(|v| codec::decode_channel(&key, &v))
-            .transpose()
+        reads::channel(self, id)
     }
 
     async fn channels_after(
@@ -79,15 +88,7 @@ impl Store for MemStore {
         after: Option<B256>,
         limit: usize,
     ) -> Result<Vec<ChannelRecord>> {
-        let after = after.map(|a| codec::channel_key(&a));
-        self.prefixed(
-            codec::CHANNEL_PREFIX,
-            after.as_ref().map(|a| a.as_slice()),
-            limit,
-        )?
-        .iter()
-        .map(|(k, v)| codec::decode_channel(k, v))
-        .collect()
+        reads::channels_after(self, after, limit)
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
@@ -108,78 +109,35 @@ impl Store for MemStore {
     }
 
     async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
-        let key = codec::aggregate_key(&receiver, &token);
-        let mut agg: Aggregate = self
-            .get(&key)?
-            .map(|v| codec::decode_json(&key, &v))
-            .transpose()?
-            .unwrap_or_default();
-        let g = self.lock()?;
-        agg.charged = g
-            .map
-            .range(vec![codec::CHANNEL_PREFIX]..vec![codec::CHANNEL_PREFIX + 1])
-            .filter_map(|(_, v)| codec::peek_charged(v, &receiver, &token))
-            .fold(0u128, u128::saturating_add);
-        Ok(agg)
+        reads::aggregate(self, receiver, token)
     }
 
     async fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
-        let key = codec::journal_key(id);
-        self.get(&key)?
-            .map(|v| codec::decode_json(&key, &v))
-            .transpose()
+        reads::journal_entry(self, id)
     }
 
     async fn open_journal(&self) -> Result<Vec<JournalEntry>> {
-        let all = self.prefixed(codec::JOURNAL_PREFIX, None, usize::MAX)?;
-        let mut out = Vec::new();
-        for (k, v) in all {
-            let e: JournalEntry = codec::decode_json(&k, &v)?;
-            if e.is_open() {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        reads::open_journal(self)
     }
 
     async fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        let key = codec::journal_key(after);
-        self.prefixed(codec::JOURNAL_PREFIX, Some(&key), limit)?
-            .iter()
-            .map(|(k, v)| codec::decode_json(k, v))
-            .collect()
+        reads::journal_after(self, after, limit)
     }
 
     async fn next_journal_id(&self) -> Result<u64> {
-        let g = self.lock()?;
-        let last = g
-            .map
-            .range(vec![codec::JOURNAL_PREFIX]..vec![codec::JOURNAL_PREFIX + 1])
-            .next_back()
-            .map(|(k, _)| k.clone());
-        drop(g);
-        Ok(match last {
-            Some(k) if k.len() == 9 => u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8])) + 1,
-            _ => 1,
-        })
+        reads::next_journal_id(self)
     }
 
     async fn payer_channel(&self, id: B256) -> Result<Option<PayerChannelRecord>> {
-        let key = codec::payer_key(&id);
-        self.get(&key)?
-            .map(|v| codec::decode_json(&key, &v))
-            .transpose()
+        reads::payer_channel(self, id)
     }
 
     async fn payer_channels(&self) -> Result<Vec<PayerChannelRecord>> {
-        self.prefixed(codec::PAYER_PREFIX, None, usize::MAX)?
-            .iter()
-            .map(|(k, v)| codec::decode_json(k, v))
-            .collect()
+        reads::payer_channels(self)
     }
 
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get(&codec::meta_key(key))
+        reads::meta(self, key)
     }
 
     async fn stats(&self) -> Result<StoreStats> {

@@ -43,6 +43,7 @@ use crate::{
     Aggregate, Error, JournalEntry, PayerChannelRecord, Result, Store, StoreStats, WriteBatch,
     codec,
     plan::{self, Plan},
+    reads::{self, Kv},
     wal::Wal,
 };
 
@@ -252,7 +253,9 @@ impl SledStore {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+}
 
+impl Kv for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         read_through(&self.inner.db, &self.inner.overlay, key)
     }
@@ -310,6 +313,31 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+
+    /// The greatest key with `prefix` in the overlay or in sled (journal ids only grow, so an
+    /// overlay deletion never hides a greater key on disk).
+    fn last_key(&self, prefix: u8) -> Result<Option<Vec<u8>>> {
+        let (lo, hi) = (vec![prefix], vec![prefix + 1]);
+        let in_overlay = {
+            let o = self
+                .inner
+                .overlay
+                .read()
+                .map_err(|_| io("store overlay lock poisoned"))?;
+            o.range(lo.clone()..hi.clone())
+                .next_back()
+                .map(|(k, _)| k.clone())
+        };
+        let on_disk = self
+            .inner
+            .db
+            .range(lo..hi)
+            .next_back()
+            .transpose()
+            .map_err(io)?
+            .map(|(k, _)| k.to_vec());
+        Ok(in_overlay.max(on_disk))
     }
 }
 
@@ -495,10 +523,7 @@ fn check_format(db: &sled::Db) -> Result<()> {
 
 impl Store for SledStore {
     async fn channel(&self, id: B256) -> Result<Option<ChannelRecord>> {
-        let key = codec::channel_key(&id);
-        self.get(&key)?
-            .map(|v| codec::decode_channel(&key, &v))
-            .transpose()
+        reads::channel(self, id)
     }
 
     async fn channels_after(
@@ -506,15 +531,7 @@ impl Store for SledStore {
         after: Option<B256>,
         limit: usize,
     ) -> Result<Vec<ChannelRecord>> {
-        let after = after.map(|a| codec::channel_key(&a));
-        self.prefixed(
-            codec::CHANNEL_PREFIX,
-            after.as_ref().map(|a| a.as_slice()),
-            limit,
-        )?
-        .iter()
-        .map(|(k, v)| codec::decode_channel(k, v))
-        .collect()
+        reads::channels_after(self, after, limit)
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
@@ -532,89 +549,35 @@ impl Store for SledStore {
     }
 
     async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
-        let key = codec::aggregate_key(&receiver, &token);
-        let mut agg: Aggregate = self
-            .get(&key)?
-            .map(|v| codec::decode_json(&key, &v))
-            .transpose()?
-            .unwrap_or_default();
-        agg.charged = self
-            .prefixed(codec::CHANNEL_PREFIX, None, usize::MAX)?
-            .iter()
-            .filter_map(|(_, v)| codec::peek_charged(v, &receiver, &token))
-            .fold(0u128, u128::saturating_add);
-        Ok(agg)
+        reads::aggregate(self, receiver, token)
     }
 
     async fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
-        let key = codec::journal_key(id);
-        self.get(&key)?
-            .map(|v| codec::decode_json(&key, &v))
-            .transpose()
+        reads::journal_entry(self, id)
     }
 
     async fn open_journal(&self) -> Result<Vec<JournalEntry>> {
-        let mut out = Vec::new();
-        for (k, v) in self.prefixed(codec::JOURNAL_PREFIX, None, usize::MAX)? {
-            let e: JournalEntry = codec::decode_json(&k, &v)?;
-            if e.is_open() {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        reads::open_journal(self)
     }
 
     async fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        let key = codec::journal_key(after);
-        self.prefixed(codec::JOURNAL_PREFIX, Some(&key), limit)?
-            .iter()
-            .map(|(k, v)| codec::decode_json(k, v))
-            .collect()
+        reads::journal_after(self, after, limit)
     }
 
     async fn next_journal_id(&self) -> Result<u64> {
-        let (lo, hi) = (vec![codec::JOURNAL_PREFIX], vec![codec::JOURNAL_PREFIX + 1]);
-        let in_overlay = {
-            let o = self
-                .inner
-                .overlay
-                .read()
-                .map_err(|_| io("store overlay lock poisoned"))?;
-            o.range(lo.clone()..hi.clone())
-                .next_back()
-                .map(|(k, _)| k.clone())
-        };
-        let on_disk = self
-            .inner
-            .db
-            .range(lo..hi)
-            .next_back()
-            .transpose()
-            .map_err(io)?
-            .map(|(k, _)| k.to_vec());
-        let id = |k: Option<Vec<u8>>| match k {
-            Some(k) if k.len() == 9 => u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8])),
-            _ => 0,
-        };
-        Ok(id(in_overlay).max(id(on_disk)) + 1)
+        reads::next_journal_id(self)
     }
 
     async fn payer_channel(&self, id: B256) -> Result<Option<PayerChannelRecord>> {
-        let key = codec::payer_key(&id);
-        self.get(&key)?
-            .map(|v| codec::decode_json(&key, &v))
-            .transpose()
+        reads::payer_channel(self, id)
     }
 
     async fn payer_channels(&self) -> Result<Vec<PayerChannelRecord>> {
-        self.prefixed(codec::PAYER_PREFIX, None, usize::MAX)?
-            .iter()
-            .map(|(k, v)| codec::decode_json(k, v))
-            .collect()
+        reads::payer_channels(self)
     }
 
     async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get(&codec::meta_key(key))
+        reads::meta(self, key)
     }
 
     async fn stats(&self) -> Result<StoreStats> {
