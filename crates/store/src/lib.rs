@@ -18,10 +18,11 @@
 //! | [`mem`] | in-memory store for tests |
 //! | [`sled_store`] | the on-disk store with group commit |
 
+#[macro_use]
+mod reads;
 pub mod codec;
 pub mod mem;
 mod plan;
-mod reads;
 pub mod sled_store;
 mod wal;
 

@@ -6,14 +6,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use alloy_primitives::{Address, B256};
-use paychan_core::batch::payee::ChannelRecord;
-
-use crate::{
-    Aggregate, Error, JournalEntry, PayerChannelRecord, Result, Store, StoreStats, WriteBatch,
-    codec, plan,
-    reads::{self, Kv},
-};
+use crate::{Error, Result, Store, StoreStats, WriteBatch, codec, plan, reads::Kv};
 
 #[derive(Default)]
 struct Inner {
@@ -79,17 +72,7 @@ impl Kv for MemStore {
 }
 
 impl Store for MemStore {
-    async fn channel(&self, id: B256) -> Result<Option<ChannelRecord>> {
-        reads::channel(self, id)
-    }
-
-    async fn channels_after(
-        &self,
-        after: Option<B256>,
-        limit: usize,
-    ) -> Result<Vec<ChannelRecord>> {
-        reads::channels_after(self, after, limit)
-    }
+    shared_reads!();
 
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         let mut g = self.lock()?;
@@ -106,38 +89,6 @@ impl Store for MemStore {
         }
         g.commits += 1;
         Ok(())
-    }
-
-    async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
-        reads::aggregate(self, receiver, token)
-    }
-
-    async fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
-        reads::journal_entry(self, id)
-    }
-
-    async fn open_journal(&self) -> Result<Vec<JournalEntry>> {
-        reads::open_journal(self)
-    }
-
-    async fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        reads::journal_after(self, after, limit)
-    }
-
-    async fn next_journal_id(&self) -> Result<u64> {
-        reads::next_journal_id(self)
-    }
-
-    async fn payer_channel(&self, id: B256) -> Result<Option<PayerChannelRecord>> {
-        reads::payer_channel(self, id)
-    }
-
-    async fn payer_channels(&self) -> Result<Vec<PayerChannelRecord>> {
-        reads::payer_channels(self)
-    }
-
-    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        reads::meta(self, key)
     }
 
     async fn stats(&self) -> Result<StoreStats> {

@@ -113,3 +113,68 @@ pub(crate) fn payer_channels(kv: &impl Kv) -> Result<Vec<PayerChannelRecord>> {
 pub(crate) fn meta(kv: &impl Kv, key: &str) -> Result<Option<Vec<u8>>> {
     kv.get(&codec::meta_key(key))
 }
+
+/// The [`Store`](crate::Store) read methods of a backend that implements [`Kv`], each a call to
+/// the function of the same name above. (`mod reads` comes first in lib.rs so the backends
+/// see it.)
+macro_rules! shared_reads {
+    () => {
+        async fn channel(
+            &self,
+            id: alloy_primitives::B256,
+        ) -> $crate::Result<Option<paychan_core::batch::payee::ChannelRecord>> {
+            $crate::reads::channel(self, id)
+        }
+
+        async fn channels_after(
+            &self,
+            after: Option<alloy_primitives::B256>,
+            limit: usize,
+        ) -> $crate::Result<Vec<paychan_core::batch::payee::ChannelRecord>> {
+            $crate::reads::channels_after(self, after, limit)
+        }
+
+        async fn aggregate(
+            &self,
+            receiver: alloy_primitives::Address,
+            token: alloy_primitives::Address,
+        ) -> $crate::Result<$crate::Aggregate> {
+            $crate::reads::aggregate(self, receiver, token)
+        }
+
+        async fn journal_entry(&self, id: u64) -> $crate::Result<Option<$crate::JournalEntry>> {
+            $crate::reads::journal_entry(self, id)
+        }
+
+        async fn open_journal(&self) -> $crate::Result<Vec<$crate::JournalEntry>> {
+            $crate::reads::open_journal(self)
+        }
+
+        async fn journal_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> $crate::Result<Vec<$crate::JournalEntry>> {
+            $crate::reads::journal_after(self, after, limit)
+        }
+
+        async fn next_journal_id(&self) -> $crate::Result<u64> {
+            $crate::reads::next_journal_id(self)
+        }
+
+        async fn payer_channel(
+            &self,
+            id: alloy_primitives::B256,
+        ) -> $crate::Result<Option<$crate::PayerChannelRecord>> {
+            $crate::reads::payer_channel(self, id)
+        }
+
+        async fn payer_channels(&self) -> $crate::Result<Vec<$crate::PayerChannelRecord>> {
+            $crate::reads::payer_channels(self)
+        }
+
+        async fn meta(&self, key: &str) -> $crate::Result<Option<Vec<u8>>> {
+            $crate::reads::meta(self, key)
+        }
+    };
+}

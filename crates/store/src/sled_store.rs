@@ -36,14 +36,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy_primitives::{Address, B256};
-use paychan_core::batch::payee::ChannelRecord;
-
 use crate::{
-    Aggregate, Error, JournalEntry, PayerChannelRecord, Result, Store, StoreStats, WriteBatch,
-    codec,
+    Error, Result, Store, StoreStats, WriteBatch, codec,
     plan::{self, Plan},
-    reads::{self, Kv},
+    reads::Kv,
     wal::Wal,
 };
 
@@ -522,17 +518,7 @@ fn check_format(db: &sled::Db) -> Result<()> {
 }
 
 impl Store for SledStore {
-    async fn channel(&self, id: B256) -> Result<Option<ChannelRecord>> {
-        reads::channel(self, id)
-    }
-
-    async fn channels_after(
-        &self,
-        after: Option<B256>,
-        limit: usize,
-    ) -> Result<Vec<ChannelRecord>> {
-        reads::channels_after(self, after, limit)
-    }
+    shared_reads!();
 
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         if batch.is_empty() {
@@ -546,38 +532,6 @@ impl Store for SledStore {
             .send((batch, tx))
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
-    }
-
-    async fn aggregate(&self, receiver: Address, token: Address) -> Result<Aggregate> {
-        reads::aggregate(self, receiver, token)
-    }
-
-    async fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
-        reads::journal_entry(self, id)
-    }
-
-    async fn open_journal(&self) -> Result<Vec<JournalEntry>> {
-        reads::open_journal(self)
-    }
-
-    async fn journal_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        reads::journal_after(self, after, limit)
-    }
-
-    async fn next_journal_id(&self) -> Result<u64> {
-        reads::next_journal_id(self)
-    }
-
-    async fn payer_channel(&self, id: B256) -> Result<Option<PayerChannelRecord>> {
-        reads::payer_channel(self, id)
-    }
-
-    async fn payer_channels(&self) -> Result<Vec<PayerChannelRecord>> {
-        reads::payer_channels(self)
-    }
-
-    async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        reads::meta(self, key)
     }
 
     async fn stats(&self) -> Result<StoreStats> {
