@@ -7,7 +7,8 @@ use alloy::{
     eips::{BlockId, BlockNumberOrTag},
     primitives::{Address, B256, Bytes, U256},
     providers::Provider,
-    rpc::types::TransactionRequest,
+    rpc::types::{TransactionReceipt, TransactionRequest},
+    sol,
     sol_types::SolCall,
 };
 use paychan_bindings::{BatchSettlement, DevStablecoin, Multicall3};
@@ -17,6 +18,17 @@ use paychan_core::batch::{BatchDomain, payee::OnchainState};
 const AGGREGATE3: &str = "eth_call Multicall3.aggregate3";
 
 use crate::{ChainConfig, Error, Result, rpc::Rpc};
+
+sol! {
+    /// EIP-1271: signature validation by a contract account.
+    interface IERC1271 {
+        function isValidSignature(bytes32 hash, bytes signature) external view returns (bytes4 magicValue);
+    }
+}
+
+/// `bytes4(keccak256("isValidSignature(bytes32,bytes)"))`: what a contract returns for a valid
+/// signature.
+const ERC1271_MAGIC: [u8; 4] = [0x16, 0x26, 0xba, 0x7e];
 
 /// Channel states read at one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +335,67 @@ impl ChainReader {
                 p.get_transaction_count(who).pending().await
             })
             .await
+    }
+
+    /// The code deployed at `who` (empty for an account without code).
+    pub async fn code_at(&self, who: Address) -> Result<Bytes> {
+        self.rpc()
+            .run("eth_getCode", |p| async move { p.get_code_at(who).await })
+            .await
+    }
+
+    /// Simulates a write: `eth_call` of `data` on `to` from `from` at the latest block, named
+    /// `call` in errors. A revert is [`Error::Reverted`] with the decoded reason.
+    pub async fn simulate(
+        &self,
+        call: &'static str,
+        from: Address,
+        to: Address,
+        data: Bytes,
+    ) -> Result<Bytes> {
+        let tx = TransactionRequest::default()
+            .from(from)
+            .to(to)
+            .input(data.into());
+        self.rpc()
+            .run(call, |p| {
+                let tx = tx.clone();
+                async move { p.call(tx).await }
+            })
+            .await
+    }
+
+    /// A transaction's receipt, `None` if the node does not know it.
+    pub async fn receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>> {
+        self.rpc()
+            .run("eth_getTransactionReceipt", |p| async move {
+                p.get_transaction_receipt(hash).await
+            })
+            .await
+    }
+
+    /// Whether `signature` over `digest` is valid for the contract account `who` (EIP-1271). A
+    /// revert or a wrong magic value is `false`; only failures to ask are errors.
+    pub async fn erc1271_valid(
+        &self,
+        who: Address,
+        digest: B256,
+        signature: &Bytes,
+    ) -> Result<bool> {
+        let data = IERC1271::isValidSignatureCall {
+            hash: digest,
+            signature: signature.clone(),
+        }
+        .abi_encode();
+        match self
+            .simulate("eth_call isValidSignature", Address::ZERO, who, data.into())
+            .await
+        {
+            Ok(ret) => Ok(IERC1271::isValidSignatureCall::abi_decode_returns(&ret)
+                .is_ok_and(|m| m.0 == ERC1271_MAGIC)),
+            Err(Error::Reverted { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use paychan_core::{
 use paychan_engine::{PaymentFacilitator, SourceError};
 use paychan_store::Store;
 
-use crate::{Error, Result, calls::Calls, records::Key};
+use crate::{Error, Result, records::Key};
 
 /// How many settle locks serialize settles of the same action (by key hash).
 const LOCK_SHARDS: usize = 64;
@@ -51,7 +51,6 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) authorizer: Option<LocalSigner>,
     pub(crate) network: Network,
     pub(crate) domain: BatchDomain,
-    pub(crate) calls: Calls,
     pub(crate) config: FacilitatorConfig,
     locks: Vec<tokio::sync::Mutex<()>>,
 }
@@ -126,7 +125,6 @@ impl<S: Store> Facilitator<S> {
                 b.erc3009_collector
             )));
         }
-        let calls = Calls::new(a)?;
         let network = Network::eip155(reader.chain_id());
         let domain = *reader.domain();
         tracing::info!(
@@ -143,7 +141,6 @@ impl<S: Store> Facilitator<S> {
                 authorizer,
                 network,
                 domain,
-                calls,
                 config,
                 locks: (0..LOCK_SHARDS)
                     .map(|_| tokio::sync::Mutex::new(()))

@@ -10,7 +10,6 @@
 //! | [`client`] | [`HttpFacilitator`]: a client of any facilitator's HTTP API |
 //! | [`error`] | [`Error`] |
 
-mod calls;
 pub mod client;
 pub mod error;
 pub mod facilitator;

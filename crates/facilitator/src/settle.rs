@@ -370,7 +370,7 @@ impl<S: Store> Facilitator<S> {
         tx: B256,
         pick: impl Fn(&E) -> Option<u128>,
     ) -> Option<u128> {
-        let receipt = match self.inner.calls.receipt(tx).await {
+        let receipt = match self.inner.reader.receipt(tx).await {
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err(e) => {

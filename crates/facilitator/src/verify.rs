@@ -40,7 +40,6 @@ use serde_json::Value;
 
 use crate::{
     Facilitator, TARGET,
-    calls::CallError,
     facilitator::{invalid, snapshot, to_object},
 };
 
@@ -281,11 +280,11 @@ impl<S: Store> Facilitator<S> {
         who: Address,
         digest: B256,
         sig: &Bytes,
-    ) -> Result<bool, CallError> {
-        if self.inner.calls.code(who).await?.is_empty() {
+    ) -> Result<bool, paychan_chain::Error> {
+        if self.inner.reader.code_at(who).await?.is_empty() {
             Ok(self.ecdsa_signed(who, digest, sig))
         } else {
-            self.inner.calls.erc1271_valid(who, digest, sig).await
+            self.inner.reader.erc1271_valid(who, digest, sig).await
         }
     }
 
@@ -416,8 +415,8 @@ impl<S: Store> Facilitator<S> {
         .abi_encode();
         match self
             .inner
-            .calls
-            .call(
+            .reader
+            .simulate(
                 "eth_call BatchSettlement.deposit (simulation)",
                 self.inner.relayer.address(),
                 self.inner.reader.config().escrow,
@@ -426,13 +425,13 @@ impl<S: Store> Facilitator<S> {
             .await
         {
             Ok(_) => {}
-            Err(CallError::Reverted { reason, .. }) => {
+            Err(paychan_chain::Error::Reverted { reason, .. }) => {
                 return Err(rej(
                     ErrorCode::DepositSimulationFailed,
                     format!("deposit simulation reverted: {reason}"),
                 ));
             }
-            Err(e @ CallError::Failed { .. }) => {
+            Err(e) => {
                 return Err(rej(ErrorCode::RpcReadFailed, e.to_string()));
             }
         }
