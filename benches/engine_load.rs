@@ -1,8 +1,9 @@
 //! Load benchmark of the payee engine, in process (no HTTP):
 //!
 //! * **throughput**: paid accepts per second (voucher check + reserve + durable commit) with 1,
-//!   64 and 10,000 channels served concurrently, with durability on (`fsync`) and off; next to
-//!   it, the bare warm signature-check rate on all cores in the same run;
+//!   64 and 10,000 channels served concurrently, on sled with durability on (`fsync`) and off
+//!   (`none`), and on the in-memory store (`memory`: the engine's own ceiling); next to it, the
+//!   bare warm signature-check rate on all cores in the same run;
 //! * **scale**: accept latency (p50/p99) and resident memory with 1,000, 100,000 and 1,000,000
 //!   channels stored.
 //!
@@ -11,7 +12,12 @@
 //!
 //! ```text
 //! cargo bench -p paychan-benches --bench engine_load -- [throughput|scale|all] [--backend k256|libsecp256k1] [--quick]
+//!     [--channels N] [--durability fsync|flush|none|memory]
 //! ```
+//!
+//! `--channels` and `--durability` run one row of the throughput table; `N` may be any count.
+//! `PAYCHAN_BENCH_GROUP_WINDOW_US` overrides the store's group-commit window. The timed window
+//! is announced on stderr (`TIMED START pid=…`) so that a profiler can attach to just that part.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,6 +25,10 @@
     missing_docs,
     clippy::cast_possible_truncation
 )]
+
+/// The allocator the `paychan` binary uses (see the workspace `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
     sync::Arc,
@@ -38,7 +48,7 @@ use paychan_core::{
 };
 use paychan_devchain::{DevChain, ESCROW};
 use paychan_engine::{Begin, Engine, EngineConfig, NoFacilitator};
-use paychan_store::{Durability, SledStore, SledStoreConfig, Store, WriteBatch};
+use paychan_store::{Durability, MemStore, SledStore, SledStoreConfig, Store, WriteBatch};
 
 const PRICE: u128 = 1_000;
 const BALANCE: u128 = u128::MAX / 4;
@@ -90,7 +100,7 @@ fn now_ms() -> u64 {
 }
 
 /// Stores `n` channel records in batches.
-async fn seed(store: &SledStore, s: &Setup, n: u64) {
+async fn seed<S: Store>(store: &S, s: &Setup, n: u64) {
     let now = now_ms();
     let mut i = 0;
     while i < n {
@@ -149,16 +159,20 @@ fn vouchers(s: &Setup, channels: u64, per_channel: u64) -> Vec<Vec<PaymentPayloa
     })
 }
 
-type BenchEngine = Engine<SledStore, ChainReader, NoFacilitator>;
+type BenchEngine<S = SledStore> = Engine<S, ChainReader, NoFacilitator>;
 
-fn engine(s: &Setup, store: SledStore, backend: Backend) -> BenchEngine {
+fn engine<S: Store>(s: &Setup, store: S, backend: Backend) -> BenchEngine<S> {
     let mut cfg = EngineConfig::new(s.domain);
     cfg.backend = backend;
     cfg.max_onchain_age = Duration::from_secs(3600);
     Engine::new(cfg, store, s.reader.clone(), NoFacilitator)
 }
 
-async fn accept(e: &BenchEngine, p: &PaymentPayload<BatchPayload>, offer: &BatchRequirements) {
+async fn accept<S: Store>(
+    e: &BenchEngine<S>,
+    p: &PaymentPayload<BatchPayload>,
+    offer: &BatchRequirements,
+) {
     match e.begin(p, offer).await {
         Ok(Begin::Serve(t)) => {
             e.commit(t, PRICE).await.unwrap();
@@ -199,12 +213,48 @@ fn bare_signature_rate(s: &Setup, backend: Backend, dur: Duration) -> f64 {
     total as f64 / dur.as_secs_f64()
 }
 
+/// Where the engine under test keeps its channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    /// The sled store with this durability.
+    Sled(Durability),
+    /// The in-memory store: the engine alone, no log, no committer thread, no disk.
+    Memory,
+}
+
+impl StoreKind {
+    fn parse(s: &str) -> Self {
+        match s {
+            "memory" | "mem" => Self::Memory,
+            d => Self::Sled(d.parse().unwrap()),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sled(Durability::Fsync) => "fsync",
+            Self::Sled(Durability::Flush) => "flush",
+            Self::Sled(Durability::None) => "none",
+            Self::Memory => "memory store",
+        }
+    }
+}
+
+/// One timed run's figures.
+struct Run {
+    rate: f64,
+    busy: f64,
+    groups: u64,
+    batches: u64,
+    commit_us: f64,
+}
+
 async fn throughput(
     s: &Setup,
     backend: Backend,
     quick: bool,
     only_channels: Option<u64>,
-    only_durability: Option<Durability>,
+    only_store: Option<StoreKind>,
 ) {
     let bare = bare_signature_rate(s, backend, Duration::from_secs(if quick { 1 } else { 3 }));
     println!(
@@ -213,14 +263,12 @@ async fn throughput(
         bare
     );
     println!(
-        "| channels | durability | requests | accepts/s | vs bare | commit groups | batches/group |"
+        "| channels | durability | requests | accepts/s | vs bare | CPU busy | commit groups | requests/group | avg commit µs |"
     );
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let total: u64 = if quick { 20_000 } else { 100_000 };
-    for channels in [1u64, 64, 10_000] {
-        if only_channels.is_some_and(|c| c != channels) {
-            continue;
-        }
+    let counts = only_channels.map_or_else(|| vec![1u64, 64, 10_000], |c| vec![c]);
+    for channels in counts {
         let per = (total / channels).max(2);
         // the 1-channel case is latency-bound (one durable commit per request): fewer requests
         let per = if channels == 1 {
@@ -229,94 +277,114 @@ async fn throughput(
             per
         };
         let payloads = vouchers(s, channels, per);
-        for durability in [Durability::Fsync, Durability::None] {
-            if only_durability.is_some_and(|d| d != durability) {
-                continue;
-            }
+        let kinds = only_store.map_or_else(
+            || {
+                vec![
+                    StoreKind::Sled(Durability::Fsync),
+                    StoreKind::Sled(Durability::None),
+                    StoreKind::Memory,
+                ]
+            },
+            |k| vec![k],
+        );
+        for kind in kinds {
             let dir = tempfile::tempdir().unwrap();
-            let mut sc = SledStoreConfig::new(dir.path().join("db"));
-            sc.durability = durability;
-            if let Some(us) = std::env::var("PAYCHAN_BENCH_GROUP_WINDOW_US")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                sc.group_window = Duration::from_micros(us);
-            }
-            let store = SledStore::open(sc).unwrap();
-            seed(&store, s, channels).await;
-            let e = engine(s, store.clone(), backend);
-            // warm: first voucher of each channel (recovers and caches the key), untimed
-            let mut warm = Vec::new();
-            for (ch, v) in payloads.iter().enumerate() {
-                let (e, p, o) = (e.clone(), v[0].clone(), s.offer.clone());
-                warm.push(tokio::spawn(async move { accept(&e, &p, &o).await }));
-                if warm.len() >= 256 || ch + 1 == payloads.len() {
-                    for w in warm.drain(..) {
-                        w.await.unwrap();
+            let r = match kind {
+                StoreKind::Sled(durability) => {
+                    let mut sc = SledStoreConfig::new(dir.path().join("db"));
+                    sc.durability = durability;
+                    if let Some(us) = std::env::var("PAYCHAN_BENCH_GROUP_WINDOW_US")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                    {
+                        sc.group_window = Duration::from_micros(us);
                     }
+                    timed_run(s, SledStore::open(sc).unwrap(), &payloads, backend).await
                 }
-            }
-            // Each task's vouchers are prepared before the clock starts.
-            let work: Vec<Vec<PaymentPayload<BatchPayload>>> =
-                payloads.iter().map(|v| v[1..].to_vec()).collect();
-            let (go_tx, go_rx) = tokio::sync::watch::channel(false);
-            let mut tasks = Vec::new();
-            for v in work {
-                let (e, o, mut go) = (e.clone(), s.offer.clone(), go_rx.clone());
-                tasks.push(tokio::spawn(async move {
-                    let _ = go.wait_for(|g| *g).await;
-                    for p in &v {
-                        accept(&e, p, &o).await;
-                    }
-                }));
-            }
-            tokio::task::yield_now().await;
-            let before = store.stats().await.unwrap();
-            let (c0, n0) = (
-                e.metrics()
-                    .commit_nanos
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                e.metrics()
-                    .committed
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-            let cpu0 = cpu_secs();
-            let start = Instant::now();
-            eprintln!("TIMED START pid={}", std::process::id());
-            go_tx.send(true).unwrap();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            let el = start.elapsed().as_secs_f64();
-            let busy = (cpu_secs() - cpu0)
-                / el
-                / std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2) as f64;
-            eprintln!("TIMED END");
+                StoreKind::Memory => timed_run(s, MemStore::new(), &payloads, backend).await,
+            };
             let n = channels * (per - 1);
-            let after = store.stats().await.unwrap();
-            let groups = after.commits - before.commits;
-            let batches = after.batches - before.batches;
-            let rate = n as f64 / el;
-            let commit_us = (e
-                .metrics()
-                .commit_nanos
-                .load(std::sync::atomic::Ordering::Relaxed)
-                - c0) as f64
-                / 1e3
-                / (e.metrics()
-                    .committed
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    - n0)
-                    .max(1) as f64;
             println!(
-                "| {channels} | {durability:?} | {n} | {rate:.0} | {:.0}% | {:.0}% | {groups} | {:.1} | {commit_us:.0} |",
-                100.0 * rate / bare,
-                100.0 * busy,
-                batches as f64 / groups.max(1) as f64
+                "| {channels} | {} | {n} | {:.0} | {:.0}% | {:.0}% | {} | {:.1} | {:.0} |",
+                kind.name(),
+                r.rate,
+                100.0 * r.rate / bare,
+                100.0 * r.busy,
+                r.groups,
+                r.batches as f64 / r.groups.max(1) as f64,
+                r.commit_us,
             );
         }
+    }
+}
+
+/// Seeds `store` with the payloads' channels, warms every channel with its first voucher, then
+/// times the rest: one task per channel, paying its vouchers in order.
+async fn timed_run<S: Store + Clone + 'static>(
+    s: &Setup,
+    store: S,
+    payloads: &[Vec<PaymentPayload<BatchPayload>>],
+    backend: Backend,
+) -> Run {
+    let channels = payloads.len() as u64;
+    seed(&store, s, channels).await;
+    let e = engine(s, store.clone(), backend);
+    // warm: first voucher of each channel (recovers and caches the key), untimed
+    let mut warm = Vec::new();
+    for (ch, v) in payloads.iter().enumerate() {
+        let (e, p, o) = (e.clone(), v[0].clone(), s.offer.clone());
+        warm.push(tokio::spawn(async move { accept(&e, &p, &o).await }));
+        if warm.len() >= 256 || ch + 1 == payloads.len() {
+            for w in warm.drain(..) {
+                w.await.unwrap();
+            }
+        }
+    }
+    // Each task's vouchers are prepared before the clock starts.
+    let work: Vec<Vec<PaymentPayload<BatchPayload>>> =
+        payloads.iter().map(|v| v[1..].to_vec()).collect();
+    let n: usize = work.iter().map(Vec::len).sum();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for v in work {
+        let (e, o, mut go) = (e.clone(), s.offer.clone(), go_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = go.wait_for(|g| *g).await;
+            for p in &v {
+                accept(&e, p, &o).await;
+            }
+        }));
+    }
+    tokio::task::yield_now().await;
+    let before = store.stats().await.unwrap();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let (c0, n0) = (
+        e.metrics().commit_nanos.load(relaxed),
+        e.metrics().committed.load(relaxed),
+    );
+    let cpu0 = cpu_secs();
+    let start = Instant::now();
+    eprintln!("TIMED START pid={}", std::process::id());
+    go_tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let el = start.elapsed().as_secs_f64();
+    let busy = (cpu_secs() - cpu0)
+        / el
+        / std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2) as f64;
+    eprintln!("TIMED END");
+    let after = store.stats().await.unwrap();
+    Run {
+        rate: n as f64 / el,
+        busy,
+        groups: after.commits - before.commits,
+        batches: after.batches - before.batches,
+        commit_us: (e.metrics().commit_nanos.load(relaxed) - c0) as f64
+            / 1e3
+            / (e.metrics().committed.load(relaxed) - n0).max(1) as f64,
     }
 }
 
@@ -556,7 +624,7 @@ fn main() {
             .cloned()
     };
     let only_channels: Option<u64> = arg("--channels").map(|c| c.parse().unwrap());
-    let only_durability: Option<Durability> = arg("--durability").map(|d| d.parse().unwrap());
+    let only_store: Option<StoreKind> = arg("--durability").map(|d| StoreKind::parse(&d));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -585,7 +653,7 @@ fn main() {
             backend.name()
         );
         if scenario == "throughput" || scenario == "all" {
-            throughput(&s, backend, quick, only_channels, only_durability).await;
+            throughput(&s, backend, quick, only_channels, only_store).await;
         }
         if scenario == "scale" || scenario == "all" {
             scale(&s, backend, quick).await;

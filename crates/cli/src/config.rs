@@ -26,6 +26,9 @@ pub(crate) struct File {
     pub(crate) data_dir: PathBuf,
     /// `fsync` (default), `flush` or `none`.
     pub(crate) durability: Option<String>,
+    /// Under load, write the store's log at most once per this many microseconds, so that
+    /// concurrent charges share one `fdatasync` (default 1000; 0: write as soon as possible).
+    pub(crate) group_commit_window_us: Option<u64>,
     /// Upstream base URL, or `demo` for the built-in demo upstream.
     pub(crate) upstream: String,
     /// Upstream request timeout, seconds (default 120).
@@ -158,6 +161,8 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     /// Durability.
     pub(crate) durability: Durability,
+    /// Group-commit window of the store.
+    pub(crate) group_commit_window: Duration,
     /// Upstream: `None` = demo.
     pub(crate) upstream: Option<String>,
     /// Upstream timeout.
@@ -426,6 +431,7 @@ impl Config {
             listen,
             data_dir: base.join(&f.data_dir),
             durability,
+            group_commit_window: Duration::from_micros(f.group_commit_window_us.unwrap_or(1000)),
             upstream,
             upstream_timeout: Duration::from_secs(f.upstream_timeout_secs.unwrap_or(120)),
             max_onchain_age: Duration::from_secs(f.max_onchain_age_secs.unwrap_or(30)),
@@ -493,12 +499,26 @@ price = 5000
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].2.amount, 10_000);
         assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.group_commit_window, Duration::from_micros(1000));
         assert!(matches!(c.facilitator, FacilitatorChoice::Local { .. }));
         let s = c.settlement.as_ref().unwrap();
         assert_eq!(s.policy.interval, Some(Duration::from_secs(900)));
         assert_eq!(
             s.relayer.address(),
             parse_address("0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65").unwrap()
+        );
+    }
+
+    #[test]
+    fn the_group_commit_window_defaults_to_one_millisecond_and_can_be_set() {
+        let window = |c: Config| c.group_commit_window;
+        assert_eq!(window(parse(GOOD).unwrap()), Duration::from_millis(1));
+        let set = parse(&GOOD.replace("data_dir = ", "group_commit_window_us = 250\ndata_dir = "))
+            .unwrap();
+        assert_eq!(window(set), Duration::from_micros(250));
+        assert!(
+            parse(&GOOD.replace("data_dir = ", "group_commit_window_us = -1\ndata_dir = "))
+                .is_err()
         );
     }
 

@@ -15,6 +15,10 @@ use paychan_store::{SledStore, SledStoreConfig};
 
 use crate::config::Config;
 
+/// See the workspace `Cargo.toml` for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "paychan",
@@ -152,6 +156,7 @@ async fn run_server(
 ) -> Result<()> {
     let mut store_cfg = SledStoreConfig::new(&cfg.data_dir);
     store_cfg.durability = cfg.durability;
+    store_cfg.group_window = cfg.group_commit_window;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = SledStore::open(store_cfg)
@@ -295,6 +300,7 @@ async fn dev(
         listen: Some(listen.to_string()),
         data_dir: data.clone(),
         durability: None,
+        group_commit_window_us: None,
         upstream: "demo".into(),
         upstream_timeout_secs: None,
         max_onchain_age_secs: Some(5),

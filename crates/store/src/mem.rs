@@ -75,12 +75,8 @@ impl Store for MemStore {
     shared_reads!();
 
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let p = plan::of(&batch);
         let mut g = self.lock()?;
-        let mut p = plan::Plan::new();
-        {
-            let map = &g.map;
-            plan::add(&mut p, &batch, &|k| Ok(map.get(k).cloned()))?;
-        }
         for (k, v) in p {
             match v {
                 Some(v) => g.map.insert(k, v),

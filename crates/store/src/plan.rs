@@ -1,19 +1,19 @@
 //! Turning a [`WriteBatch`] into key writes, shared by every byte-keyed backend so that they agree
-//! on semantics: later writes to a key win; aggregate changes read the value as it stands,
-//! including earlier writes of the same group.
+//! on semantics: later writes to a key win. Every write carries a key's whole new value, computed
+//! from the batch alone (an aggregate's stored fields are exactly what
+//! [`AggregateOp::SetOnchain`] sets; its `charged` is derived on read), so planning never reads
+//! the store and a log record replays to the same state however often it is applied.
 
 use std::collections::BTreeMap;
 
-use crate::{Aggregate, AggregateOp, Result, WriteBatch, codec};
+use crate::{Aggregate, AggregateOp, WriteBatch, codec};
 
 /// Pending writes: key → new value, or `None` to delete.
 pub(crate) type Plan = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Reads a key's stored value.
-pub(crate) type Read<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>>;
-
-/// Adds `batch`'s writes to `plan`. `read` returns a key's stored value (before the plan).
-pub(crate) fn add(plan: &mut Plan, batch: &WriteBatch, read: Read<'_>) -> Result<()> {
+/// `batch`'s writes.
+pub(crate) fn of(batch: &WriteBatch) -> Plan {
+    let mut plan = Plan::new();
     for r in &batch.channels {
         plan.insert(
             codec::channel_key(&r.channel_id).to_vec(),
@@ -25,19 +25,12 @@ pub(crate) fn add(plan: &mut Plan, batch: &WriteBatch, read: Read<'_>) -> Result
     }
     for (receiver, token, op) in &batch.aggregates {
         let key = codec::aggregate_key(receiver, token).to_vec();
-        let current = match plan.get(&key) {
-            Some(Some(v)) => Some(v.clone()),
-            Some(None) => None,
-            None => read(&key)?,
-        };
-        let mut agg: Aggregate = match current {
-            Some(v) => codec::decode_json(&key, &v)?,
-            None => Aggregate::default(),
-        };
         let AggregateOp::SetOnchain { claimed, settled } = *op;
-        agg.claimed = claimed;
-        agg.settled = settled;
-        agg.charged = 0; // derived on read, never stored
+        let agg = Aggregate {
+            charged: 0, // derived on read, never stored
+            claimed,
+            settled,
+        };
         plan.insert(key, Some(codec::encode_json(&agg)));
     }
     for e in &batch.journal {
@@ -58,5 +51,5 @@ pub(crate) fn add(plan: &mut Plan, batch: &WriteBatch, read: Read<'_>) -> Result
     for (name, value) in &batch.meta {
         plan.insert(codec::meta_key(name), Some(value.clone()));
     }
-    Ok(())
+    plan
 }

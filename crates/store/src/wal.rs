@@ -1,7 +1,7 @@
 //! paychan's write-ahead log: what makes a commit durable without flushing sled.
 //!
-//! Each group commit appends one record and (with `fsync` durability) `fdatasync`s the file; the
-//! group is then applied to sled without a flush. sled is flushed at checkpoints, after which the
+//! Each commit is one record; the log writer appends a group of them with one write and (with
+//! `fsync` durability) one `fdatasync`. sled is flushed at checkpoints, after which the
 //! log is truncated. On open, records still in the log are replayed into sled: they hold full
 //! values (never deltas), so replaying one already applied changes nothing.
 //!
@@ -84,24 +84,23 @@ impl Wal {
     }
 
     /// Appends a record for `plan`; `sync` makes it durable (`fdatasync`) before returning.
+    #[cfg(test)]
     pub(crate) fn append(&mut self, plan: &Plan, sync: bool) -> Result<()> {
-        let payload = encode(plan)?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| Error::Io("write-ahead log record too large".into()))?;
-        let mut rec = Vec::with_capacity(HEADER + payload.len());
-        rec.extend_from_slice(&MAGIC.to_le_bytes());
-        rec.extend_from_slice(&len.to_le_bytes());
-        rec.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        rec.extend_from_slice(&payload);
+        self.write(&record(plan)?, sync)
+    }
+
+    /// Appends complete records (from [`record`]); `sync` makes them durable (`fdatasync`)
+    /// before returning.
+    pub(crate) fn write(&mut self, records: &[u8], sync: bool) -> Result<()> {
         self.file
-            .write_all(&rec)
+            .write_all(records)
             .map_err(|e| io("appending to", &self.path, e))?;
         if sync {
             self.file
                 .sync_data()
                 .map_err(|e| io("fdatasync of", &self.path, e))?;
         }
-        self.len += rec.len() as u64;
+        self.len += records.len() as u64;
         Ok(())
     }
 
@@ -116,6 +115,19 @@ impl Wal {
         self.len = 0;
         Ok(())
     }
+}
+
+/// The log record of `plan`: header, checksum and entries.
+pub(crate) fn record(plan: &Plan) -> Result<Vec<u8>> {
+    let payload = encode(plan)?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| Error::Io("write-ahead log record too large".into()))?;
+    let mut rec = Vec::with_capacity(HEADER + payload.len());
+    rec.extend_from_slice(&MAGIC.to_le_bytes());
+    rec.extend_from_slice(&len.to_le_bytes());
+    rec.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    rec.extend_from_slice(&payload);
+    Ok(rec)
 }
 
 fn encode(plan: &Plan) -> Result<Vec<u8>> {
