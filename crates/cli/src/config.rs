@@ -29,6 +29,10 @@ pub(crate) struct File {
     /// Under load, write the store's log at most once per this many microseconds, so that
     /// concurrent charges share one `fdatasync` (default 1000; 0: write as soon as possible).
     pub(crate) group_commit_window_us: Option<u64>,
+    /// Write the store's recent charges into sled and empty a log file at least this often,
+    /// milliseconds (default 5000). Shorter: less log to replay on restart; longer: fewer sled
+    /// writes of a busy channel.
+    pub(crate) checkpoint_interval_ms: Option<u64>,
     /// Upstream base URL, or `demo` for the built-in demo upstream.
     pub(crate) upstream: String,
     /// Upstream request timeout, seconds (default 120).
@@ -163,6 +167,8 @@ pub(crate) struct Config {
     pub(crate) durability: Durability,
     /// Group-commit window of the store.
     pub(crate) group_commit_window: Duration,
+    /// Checkpoint interval of the store.
+    pub(crate) checkpoint_interval: Duration,
     /// Upstream: `None` = demo.
     pub(crate) upstream: Option<String>,
     /// Upstream timeout.
@@ -432,6 +438,10 @@ impl Config {
             data_dir: base.join(&f.data_dir),
             durability,
             group_commit_window: Duration::from_micros(f.group_commit_window_us.unwrap_or(1000)),
+            checkpoint_interval: match f.checkpoint_interval_ms.unwrap_or(5000) {
+                0 => bail!("checkpoint_interval_ms must be at least 1"),
+                ms => Duration::from_millis(ms),
+            },
             upstream,
             upstream_timeout: Duration::from_secs(f.upstream_timeout_secs.unwrap_or(120)),
             max_onchain_age: Duration::from_secs(f.max_onchain_age_secs.unwrap_or(30)),
@@ -500,6 +510,7 @@ price = 5000
         assert_eq!(c.routes[0].2.amount, 10_000);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.group_commit_window, Duration::from_micros(1000));
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
         assert!(matches!(c.facilitator, FacilitatorChoice::Local { .. }));
         let s = c.settlement.as_ref().unwrap();
         assert_eq!(s.policy.interval, Some(Duration::from_secs(900)));
@@ -519,6 +530,26 @@ price = 5000
         assert!(
             parse(&GOOD.replace("data_dir = ", "group_commit_window_us = -1\ndata_dir = "))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn the_checkpoint_interval_defaults_to_five_seconds_and_must_not_be_zero() {
+        let set = |line: &str| parse(&GOOD.replace("data_dir = ", &format!("{line}\ndata_dir = ")));
+        assert_eq!(
+            parse(GOOD).unwrap().checkpoint_interval,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            set("checkpoint_interval_ms = 20")
+                .unwrap()
+                .checkpoint_interval,
+            Duration::from_millis(20)
+        );
+        let err = format!("{:#}", set("checkpoint_interval_ms = 0").unwrap_err());
+        assert!(
+            err.contains("checkpoint_interval_ms must be at least 1"),
+            "{err}"
         );
     }
 

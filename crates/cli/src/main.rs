@@ -157,6 +157,7 @@ async fn run_server(
     let mut store_cfg = SledStoreConfig::new(&cfg.data_dir);
     store_cfg.durability = cfg.durability;
     store_cfg.group_window = cfg.group_commit_window;
+    store_cfg.checkpoint_every = cfg.checkpoint_interval;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store = SledStore::open(store_cfg)
@@ -301,6 +302,7 @@ async fn dev(
         data_dir: data.clone(),
         durability: None,
         group_commit_window_us: None,
+        checkpoint_interval_ms: None,
         upstream: "demo".into(),
         upstream_timeout_secs: None,
         max_onchain_age_secs: Some(5),

@@ -211,6 +211,8 @@ async fn acknowledged_charges_survive_sigkill() {
             r#"
 data_dir = "store"
 upstream = "demo"
+# checkpoints all the time, so that kills land during them too
+checkpoint_interval_ms = 20
 demo_price_per_token = "40"
 
 [chain]

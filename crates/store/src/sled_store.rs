@@ -9,18 +9,22 @@
 //! lone commit is written at once; under contention (two or more staged) the writer also waits
 //! out the rest of `group_window` since its last write, so that more commits share each
 //! `fdatasync` (BENCHMARKS.md §2 measures the trade). A commit's writes become visible to
-//! readers only once they are durable. sled is out of the request path: at checkpoints (every
-//! `checkpoint_every`, when the log passes `checkpoint_bytes` or the overlay `checkpoint_keys`,
-//! and on close) the writer applies the overlay to sled in one batch — the latest value of each
-//! key once, however often it changed — flushes sled, truncates the log and drops the
-//! checkpointed values from the overlay. On open, records left in the log are replayed into
-//! sled first.
+//! readers only once they are durable.
+//!
+//! **Checkpoints.** sled is out of the request path. At a checkpoint (every `checkpoint_every`,
+//! when the log passes `checkpoint_bytes` or the overlay `checkpoint_keys`, and on close) the
+//! writer freezes the overlay and switches to the other of the two log files; a checkpoint thread
+//! applies the frozen writes to sled in one batch — the latest value of each key once, however
+//! often it changed — flushes sled, empties the frozen log file and drops the frozen overlay.
+//! Commits go on meanwhile (a checkpoint of 200,000 keys takes a few hundred milliseconds). Reads
+//! consult the overlay, then the frozen overlay, then sled. On open, both log files are replayed
+//! into sled, oldest generation first.
 //!
 //! **What makes a commit durable** ([`Durability::Fsync`], the default): `write(2)` of the log
 //! record followed by `fdatasync(2)` of the log file, before the commit returns. A checkpoint makes
 //! sled's copy durable with `Db::flush()` — on Linux `pwrite` + `sync_file_range(WAIT_BEFORE |
-//! WRITE | WAIT_AFTER)` — followed by `fdatasync(2)` of `<dir>/db`, and only then truncates the
-//! log. `sync_file_range` alone would not be enough: it waits for write-back of dirty pages but
+//! WRITE | WAIT_AFTER)` — followed by `fdatasync(2)` of `<dir>/db`, and only then empties the
+//! log file. `sync_file_range` alone would not be enough: it waits for write-back of dirty pages but
 //! neither flushes the device's volatile write cache nor persists the file-size and extent
 //! metadata of newly written regions, so after a power loss the data may be gone (it only protects
 //! against a process crash, which the page cache already survives); `fdatasync` does both.
@@ -30,7 +34,6 @@
 //! (benchmarks of what durability costs; data reaches the disk at the next checkpoint).
 
 use std::{
-    collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
     sync::{
@@ -91,9 +94,10 @@ pub struct SledStoreConfig {
     /// best measured throughput at 64 and 10,000 concurrent channels (BENCHMARKS.md). With
     /// sub-millisecond handlers and a few dozen requests in flight, a shorter window serves more.
     pub group_window: Duration,
-    /// Flush sled and truncate the log at least this often (default 5 s).
+    /// Checkpoint (write the overlay to sled, flush it, empty a log file) at least this often
+    /// while there are writes (default 5 s).
     pub checkpoint_every: Duration,
-    /// ... or when the log reaches this size (default 64 MiB),
+    /// ... or when the log file reaches this size (default 64 MiB),
     pub checkpoint_bytes: u64,
     /// ... or when this many distinct keys wait in the overlay (default 200,000).
     pub checkpoint_keys: usize,
@@ -115,7 +119,37 @@ impl SledStoreConfig {
 }
 
 /// Writes logged but not yet in sled: key → value, or `None` for a deletion.
-type Overlay = Arc<RwLock<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>;
+#[derive(Default)]
+struct Layers {
+    /// Since the last checkpoint began.
+    active: Plan,
+    /// Being checkpointed into sled (empty when no checkpoint runs); older than `active`.
+    frozen: Arc<Plan>,
+}
+
+impl Layers {
+    /// A key's newest write, if any.
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.active.get(key).or_else(|| self.frozen.get(key))
+    }
+
+    /// The newest writes of the keys in `range`, in key order.
+    fn range(&self, range: std::ops::Range<Vec<u8>>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut merged: Plan = self
+            .frozen
+            .range(range.clone())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        merged.extend(
+            self.active
+                .range(range)
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        merged.into_iter().collect()
+    }
+}
+
+type Overlay = Arc<RwLock<Layers>>;
 
 /// Commits waiting for the log writer.
 #[derive(Default)]
@@ -193,17 +227,18 @@ fn io(e: impl std::fmt::Display) -> Error {
     Error::Io(e.to_string())
 }
 
-/// The name of the write-ahead log inside the database directory.
-pub const WAL_FILE: &str = "paychan.wal";
+/// The two write-ahead log files inside the database directory; they take turns.
+pub const WAL_FILES: [&str; 2] = ["paychan-0.wal", "paychan-1.wal"];
 
 /// The log-writer thread's state.
 struct Writer {
-    db: sled::Db,
     overlay: Overlay,
     shared: Arc<Shared>,
     checkpoint_keys: usize,
+    /// The log file being written (`None` without a log).
     wal: Option<Wal>,
-    data_file: Option<File>,
+    /// The other log file, empty, while no checkpoint runs.
+    spare: Option<Wal>,
     durability: Durability,
     checkpoint_every: Duration,
     checkpoint_bytes: u64,
@@ -212,6 +247,33 @@ struct Writer {
     last_write: Instant,
     /// After an I/O failure nothing more may be acknowledged: the store fails closed.
     failed: Option<Error>,
+    /// Sends work to the checkpoint thread; `None` once closed.
+    to_checkpointer: Option<std::sync::mpsc::Sender<Checkpoint>>,
+    /// The checkpoint thread reports each finished checkpoint here, with the log file it emptied
+    /// (`None` if it failed and gave up on closing: that file keeps its records for the next open).
+    from_checkpointer: std::sync::mpsc::Receiver<Option<Wal>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// A checkpoint is under way.
+    checkpointing: bool,
+}
+
+/// A checkpoint for the checkpoint thread: frozen writes and the log file that holds them.
+struct Checkpoint {
+    frozen: Arc<Plan>,
+    wal: Option<Wal>,
+    /// The store is closing: give up after a failure instead of retrying (the log files keep
+    /// everything; the next open replays them).
+    last: bool,
+}
+
+/// The checkpoint thread's state.
+struct Checkpointer {
+    db: sled::Db,
+    overlay: Overlay,
+    /// `<dir>/db`, `fdatasync`ed after sled's flush (fsync durability).
+    data_file: Option<File>,
+    /// To see the store closing while a failed checkpoint waits to be retried.
+    shared: Arc<Shared>,
 }
 
 impl SledStore {
@@ -230,30 +292,59 @@ impl SledStore {
                 config.path.join("db").display()
             ))
         })?;
-        let mut wal = Wal::open(config.path.join(WAL_FILE))?;
-        let replay = wal.records()?;
-        if !replay.is_empty() {
-            tracing::info!(target: "paychan_store", records = replay.len(), "replaying the write-ahead log");
-            for p in &replay {
-                apply_plan(&db, p)?;
+        let mut wals = [
+            Wal::open(config.path.join(WAL_FILES[0]))?,
+            Wal::open(config.path.join(WAL_FILES[1]))?,
+        ];
+        let mut logged = Vec::new();
+        for w in &mut wals {
+            if let Some(found) = w.read()? {
+                logged.push(found);
+            }
+        }
+        logged.sort_by_key(|(generation, _)| *generation);
+        let generation = logged.last().map_or(0, |(g, _)| *g) + 1;
+        let records: usize = logged.iter().map(|(_, r)| r.len()).sum();
+        if records > 0 {
+            tracing::info!(target: "paychan_store", records, "replaying the write-ahead log");
+            for (_, plans) in &logged {
+                for p in plans {
+                    apply_plan(&db, p)?;
+                }
             }
             db.flush().map_err(io)?;
             data_file
                 .sync_data()
                 .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
         }
-        if wal.len() > 0 {
-            wal.truncate()?;
+        for w in &mut wals {
+            if w.len() > 0 {
+                w.truncate()?;
+            }
         }
+        let [mut wal, spare] = wals;
+        wal.begin(generation);
+        let logging = config.durability != Durability::None;
         let shared = Arc::new(Shared::default());
         let overlay: Overlay = Arc::default();
-        let mut w = Writer {
+        let (to_checkpointer, jobs) = std::sync::mpsc::channel();
+        let (done, from_checkpointer) = std::sync::mpsc::channel();
+        let checkpointer = Checkpointer {
             db: db.clone(),
+            overlay: overlay.clone(),
+            data_file: (config.durability == Durability::Fsync).then_some(data_file),
+            shared: shared.clone(),
+        };
+        let checkpointer = std::thread::Builder::new()
+            .name("paychan-store-ckpt".into())
+            .spawn(move || checkpointer.run(&jobs, &done))
+            .map_err(io)?;
+        let mut w = Writer {
             overlay: overlay.clone(),
             shared: shared.clone(),
             checkpoint_keys: config.checkpoint_keys,
-            wal: (config.durability != Durability::None).then_some(wal),
-            data_file: (config.durability == Durability::Fsync).then_some(data_file),
+            wal: logging.then_some(wal),
+            spare: logging.then_some(spare),
             durability: config.durability,
             checkpoint_every: config.checkpoint_every,
             checkpoint_bytes: config.checkpoint_bytes,
@@ -261,6 +352,10 @@ impl SledStore {
             group_window: config.group_window,
             last_write: Instant::now(),
             failed: None,
+            to_checkpointer: Some(to_checkpointer),
+            from_checkpointer,
+            checkpointer: Some(checkpointer),
+            checkpointing: false,
         };
         let writer = std::thread::Builder::new()
             .name("paychan-store-log".into())
@@ -305,8 +400,6 @@ impl Kv for SledStore {
                 .read()
                 .map_err(|_| io("store overlay lock poisoned"))?;
             o.range(start.clone()..end.clone())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
         };
         let mut over = over
             .into_iter()
@@ -354,9 +447,9 @@ impl Kv for SledStore {
                 .overlay
                 .read()
                 .map_err(|_| io("store overlay lock poisoned"))?;
-            o.range(lo.clone()..hi.clone())
-                .next_back()
-                .map(|(k, _)| k.clone())
+            let active = o.active.range(lo.clone()..hi.clone()).next_back();
+            let frozen = o.frozen.range(lo.clone()..hi.clone()).next_back();
+            active.max(frozen).map(|(k, _)| k.clone())
         };
         let on_disk = self
             .inner
@@ -403,7 +496,7 @@ impl Writer {
             if result.is_ok()
                 && let Ok(mut o) = self.overlay.write()
             {
-                o.extend(writes);
+                o.active.extend(writes);
             }
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
             self.shared
@@ -412,14 +505,20 @@ impl Writer {
             for w in waiters {
                 let _ = w.send(result.clone());
             }
-            self.maybe_checkpoint(false);
+            self.maybe_checkpoint();
         }
-        // Closing: make sled durable and empty the log.
-        self.maybe_checkpoint(true);
+        // Closing: wait for a checkpoint under way, then checkpoint the rest and stop.
+        self.collect_checkpoint(true);
+        self.begin_checkpoint(true);
+        self.collect_checkpoint(true);
+        self.to_checkpointer = None;
+        if let Some(h) = self.checkpointer.take() {
+            let _ = h.join();
+        }
     }
 
     /// Everything staged, once there is something; `None` when the store closes with nothing
-    /// left to write. Checkpoints that fall due while idle are written here.
+    /// left to write. Checkpoints that fall due while idle are started here.
     #[allow(clippy::type_complexity)]
     fn next_group(&mut self) -> Option<(Vec<u8>, Plan, Vec<oneshot::Sender<Result<()>>>)> {
         let mut st = self.shared.lock().ok()?;
@@ -448,8 +547,17 @@ impl Writer {
                 .saturating_sub(self.last_checkpoint.elapsed());
             if until_checkpoint.is_zero() {
                 drop(st);
-                self.maybe_checkpoint(true);
+                self.maybe_checkpoint();
                 st = self.shared.lock().ok()?;
+                // nothing to checkpoint, or one already under way: look again later
+                let wait = if self.last_checkpoint.elapsed() < self.checkpoint_every {
+                    self.checkpoint_every
+                } else {
+                    Duration::from_millis(100)
+                };
+                st.writer_idle = true;
+                st = self.shared.wake.wait_timeout(st, wait).ok()?.0;
+                st.writer_idle = false;
                 continue;
             }
             st.writer_idle = true;
@@ -476,52 +584,124 @@ impl Writer {
             })
     }
 
-    fn maybe_checkpoint(&mut self, force: bool) {
-        let keys = self.overlay.read().map(|o| o.len()).unwrap_or(usize::MAX);
-        if keys == 0 {
-            self.last_checkpoint = Instant::now();
+    /// Starts a checkpoint if one is due and none is under way.
+    fn maybe_checkpoint(&mut self) {
+        self.collect_checkpoint(false);
+        if self.checkpointing {
             return;
         }
+        let keys = self.overlay.read().map_or(0, |o| o.active.len());
         let log_bytes = self.wal.as_ref().map_or(0, Wal::len);
-        if !force
-            && log_bytes < self.checkpoint_bytes
-            && keys < self.checkpoint_keys
-            && self.last_checkpoint.elapsed() < self.checkpoint_every
+        if log_bytes >= self.checkpoint_bytes
+            || keys >= self.checkpoint_keys
+            || self.last_checkpoint.elapsed() >= self.checkpoint_every
         {
+            self.begin_checkpoint(false);
+        }
+    }
+
+    /// Takes back the log file of a finished checkpoint; `wait` blocks until it finishes.
+    fn collect_checkpoint(&mut self, wait: bool) {
+        if !self.checkpointing {
             return;
         }
-        // Readers keep seeing the overlay until sled holds everything in it durably.
-        let snapshot: Plan = match self.overlay.read() {
-            Ok(o) => o.clone(),
-            Err(_) => return,
+        let back = if wait {
+            self.from_checkpointer.recv().ok()
+        } else {
+            self.from_checkpointer.try_recv().ok()
         };
-        let result = apply_plan(&self.db, &snapshot)
-            .and_then(|_| self.db.flush().map_err(io))
-            .and_then(|_| match &self.data_file {
-                Some(f) => f
-                    .sync_data()
-                    .map_err(|e| Error::Io(format!("fdatasync: {e}"))),
-                None => Ok(()),
-            })
-            .and_then(|_| self.wal.as_mut().map_or(Ok(()), Wal::truncate));
-        match result {
-            Ok(()) => {
-                // Values published since the snapshot (commits without a log publish from their
-                // own tasks) stay until the next checkpoint.
-                if let Ok(mut o) = self.overlay.write() {
-                    for (k, v) in snapshot {
-                        if o.get(&k) == Some(&v) {
-                            o.remove(&k);
+        if let Some(wal) = back {
+            self.spare = wal;
+            self.checkpointing = false;
+        }
+    }
+
+    /// Freezes the overlay, switches log files, and hands both to the checkpoint thread.
+    fn begin_checkpoint(&mut self, last: bool) {
+        self.last_checkpoint = Instant::now();
+        if self.checkpointing {
+            return;
+        }
+        let Some(to) = &self.to_checkpointer else {
+            return;
+        };
+        let frozen = match self.overlay.write() {
+            Ok(mut o) if !o.active.is_empty() => {
+                let frozen = Arc::new(std::mem::take(&mut o.active));
+                o.frozen = frozen.clone();
+                frozen
+            }
+            _ => return,
+        };
+        // Every write logged in the current file is in `frozen` (a group is published right
+        // after its write); from here on, commits go to the other file.
+        let wal = match (self.wal.take(), self.spare.take()) {
+            (Some(current), Some(mut next)) => {
+                next.begin(current.generation() + 1);
+                self.wal = Some(next);
+                Some(current)
+            }
+            (current, _) => {
+                self.wal = current;
+                None
+            }
+        };
+        if to.send(Checkpoint { frozen, wal, last }).is_ok() {
+            self.checkpointing = true;
+        }
+    }
+}
+
+impl Checkpointer {
+    fn run(
+        mut self,
+        jobs: &std::sync::mpsc::Receiver<Checkpoint>,
+        done: &std::sync::mpsc::Sender<Option<Wal>>,
+    ) {
+        while let Ok(mut job) = jobs.recv() {
+            let emptied = loop {
+                match self.checkpoint(&job.frozen, job.wal.as_mut()) {
+                    Ok(()) => {
+                        if let Ok(mut o) = self.overlay.write() {
+                            o.frozen = Arc::default();
                         }
+                        break job.wal;
+                    }
+                    // The log files and the frozen overlay still hold everything: nothing is
+                    // lost. While open, retry; on close, the next open replays the log.
+                    Err(e) if job.last || self.closing() => {
+                        tracing::warn!(target: "paychan_store", error = %e, "last checkpoint failed; the write-ahead log is kept for the next open");
+                        // not handed back: it still holds records, so it is never reused
+                        break None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "paychan_store", error = %e, "checkpoint failed; the write-ahead log is kept; retrying in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
                     }
                 }
-            }
-            // The log and the overlay still hold everything: nothing is lost; retried later.
-            Err(e) => {
-                tracing::warn!(target: "paychan_store", error = %e, "checkpoint failed; the write-ahead log is kept")
+            };
+            if done.send(emptied).is_err() {
+                break;
             }
         }
-        self.last_checkpoint = Instant::now();
+    }
+
+    fn closing(&self) -> bool {
+        self.shared.lock().map_or(true, |st| st.closing)
+    }
+
+    /// Writes `frozen` to sled durably, then empties the log file that held it.
+    fn checkpoint(&mut self, frozen: &Plan, wal: Option<&mut Wal>) -> Result<()> {
+        apply_plan(&self.db, frozen)?;
+        self.db.flush().map_err(io)?;
+        if let Some(f) = &self.data_file {
+            f.sync_data()
+                .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
+        }
+        match wal {
+            Some(w) => w.truncate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -580,6 +760,7 @@ impl Store for SledStore {
                 .overlay
                 .write()
                 .map_err(|_| io("store overlay lock poisoned"))?
+                .active
                 .extend(writes);
             drop(st);
             inner.shared.commits.fetch_add(1, Ordering::Relaxed);
