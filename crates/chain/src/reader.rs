@@ -134,8 +134,12 @@ impl ChainReader {
 
     /// The latest block's timestamp, unix seconds.
     pub async fn block_timestamp(&self) -> Result<u64> {
-        let block = self
-            .rpc()
+        Ok(self.latest_block().await?.header.timestamp)
+    }
+
+    /// The latest block (header only).
+    pub(crate) async fn latest_block(&self) -> Result<alloy::rpc::types::Block> {
+        self.rpc()
             .run("eth_getBlockByNumber(latest)", |p| async move {
                 p.get_block_by_number(BlockNumberOrTag::Latest).await
             })
@@ -143,8 +147,7 @@ impl ChainReader {
             .ok_or_else(|| Error::BadResponse {
                 call: "eth_getBlockByNumber(latest)",
                 detail: "no latest block".into(),
-            })?;
-        Ok(block.header.timestamp)
+            })
     }
 
     /// The hash of block `number`, or `None` if the chain is shorter.

@@ -364,15 +364,7 @@ impl TxSender {
                 .unwrap_or(0),
             // a node without eth_feeHistory: the latest block's base fee
             Err(Error::Node { .. }) => {
-                let block = rpc
-                    .run("eth_getBlockByNumber(latest)", |p| async move {
-                        p.get_block_by_number(BlockNumberOrTag::Latest).await
-                    })
-                    .await?
-                    .ok_or_else(|| Error::BadResponse {
-                        call: "eth_getBlockByNumber(latest)",
-                        detail: "no latest block".into(),
-                    })?;
+                let block = self.reader().latest_block().await?;
                 u128::from(block.header.base_fee_per_gas.unwrap_or(0))
             }
             Err(e) => return Err(e),

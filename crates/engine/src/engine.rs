@@ -370,6 +370,29 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         r.map_err(|d| self.decline(d))
     }
 
+    /// A reservation made: caches the signer key it recovered, counts it, and hands out the
+    /// ticket that holds the channel until commit or abort.
+    fn reserved(
+        &self,
+        mut guard: OwnedMutexGuard<Slot>,
+        record: ChannelRecord,
+        reservation: Reservation,
+        offer: &BatchRequirements,
+        deposit: Option<(B256, u128)>,
+    ) -> Begin {
+        if let Some(k) = &reservation.recovered_key {
+            guard.key = Some(k.clone());
+        }
+        Metrics::inc(&self.inner.metrics.reserved);
+        Begin::Serve(Box::new(Ticket {
+            guard,
+            record,
+            reservation,
+            network: offer.network.clone(),
+            deposit,
+        }))
+    }
+
     async fn begin_inner(
         &self,
         p: &PaymentPayload<BatchPayload>,
@@ -426,17 +449,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                 };
                 let res = self.refusal_to_decline(res, offer, &record)?;
                 payee::check_withdrawal_window(&record, now, self.guard_ms())?;
-                if let Some(k) = &res.recovered_key {
-                    guard.key = Some(k.clone());
-                }
-                Metrics::inc(&self.inner.metrics.reserved);
-                Ok(Begin::Serve(Box::new(Ticket {
-                    guard,
-                    record,
-                    reservation: res,
-                    network: offer.network.clone(),
-                    deposit: None,
-                })))
+                Ok(self.reserved(guard, record, res, offer, None))
             }
             BatchPayload::Deposit(d) => {
                 let id = payee::check_binding(&d.channel_config, &d.voucher, &domain, offer)?;
@@ -544,17 +557,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                         (record, res)
                     }
                 };
-                if let Some(k) = &res.recovered_key {
-                    guard.key = Some(k.clone());
-                }
-                Metrics::inc(&self.inner.metrics.reserved);
-                Ok(Begin::Serve(Box::new(Ticket {
-                    guard,
-                    record,
-                    reservation: res,
-                    network: offer.network.clone(),
-                    deposit: Some((tx, d.deposit.amount)),
-                })))
+                Ok(self.reserved(guard, record, res, offer, Some((tx, d.deposit.amount))))
             }
             BatchPayload::Refund(r) => self.refund(p, r, offer).await.map(Begin::Done),
             BatchPayload::Claim(_) | BatchPayload::Settle(_) => Err(Decline::code(
