@@ -542,28 +542,31 @@ impl Writer {
             if st.closing {
                 return None;
             }
-            let until_checkpoint = self
-                .checkpoint_every
-                .saturating_sub(self.last_checkpoint.elapsed());
-            if until_checkpoint.is_zero() {
+            let mut wait = self.until_checkpoint();
+            if wait.is_zero() {
                 drop(st);
                 self.maybe_checkpoint();
                 st = self.shared.lock().ok()?;
-                // nothing to checkpoint, or one already under way: look again later
-                let wait = if self.last_checkpoint.elapsed() < self.checkpoint_every {
-                    self.checkpoint_every
-                } else {
-                    Duration::from_millis(100)
-                };
-                st.writer_idle = true;
-                st = self.shared.wake.wait_timeout(st, wait).ok()?.0;
-                st.writer_idle = false;
-                continue;
+                // commits staged meanwhile did not wake a busy writer: look at the queue first
+                if !st.records.is_empty() || st.closing {
+                    continue;
+                }
+                // still due: one already under way kept it from starting; look again shortly
+                wait = self.until_checkpoint();
+                if wait.is_zero() {
+                    wait = Duration::from_millis(100);
+                }
             }
             st.writer_idle = true;
-            st = self.shared.wake.wait_timeout(st, until_checkpoint).ok()?.0;
+            st = self.shared.wake.wait_timeout(st, wait).ok()?.0;
             st.writer_idle = false;
         }
+    }
+
+    /// Time left until a checkpoint is due (zero: due).
+    fn until_checkpoint(&self) -> Duration {
+        self.checkpoint_every
+            .saturating_sub(self.last_checkpoint.elapsed())
     }
 
     /// Appends a group's records to the log and makes them durable as configured.
@@ -594,7 +597,7 @@ impl Writer {
         let log_bytes = self.wal.as_ref().map_or(0, Wal::len);
         if log_bytes >= self.checkpoint_bytes
             || keys >= self.checkpoint_keys
-            || self.last_checkpoint.elapsed() >= self.checkpoint_every
+            || self.until_checkpoint().is_zero()
         {
             self.begin_checkpoint(false);
         }
