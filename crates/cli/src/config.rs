@@ -437,7 +437,11 @@ impl Config {
             listen,
             data_dir: base.join(&f.data_dir),
             durability,
-            group_commit_window: Duration::from_micros(f.group_commit_window_us.unwrap_or(1000)),
+            // Every commit under load may wait this long: beyond 100 ms it is a typo, not a choice.
+            group_commit_window: match f.group_commit_window_us.unwrap_or(1000) {
+                us @ 0..=100_000 => Duration::from_micros(us),
+                us => bail!("group_commit_window_us must be at most 100000 (100 ms), not {us}"),
+            },
             checkpoint_interval: match f.checkpoint_interval_ms.unwrap_or(5000) {
                 0 => bail!("checkpoint_interval_ms must be at least 1"),
                 ms => Duration::from_millis(ms),
@@ -531,6 +535,15 @@ price = 5000
             parse(&GOOD.replace("data_dir = ", "group_commit_window_us = -1\ndata_dir = "))
                 .is_err()
         );
+        let err = format!(
+            "{:#}",
+            parse(&GOOD.replace(
+                "data_dir = ",
+                "group_commit_window_us = 5000000\ndata_dir = "
+            ))
+            .unwrap_err()
+        );
+        assert!(err.contains("must be at most 100000"), "{err}");
     }
 
     #[test]
