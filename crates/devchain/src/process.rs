@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex},
@@ -114,6 +115,10 @@ impl AnvilProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a terminal's Ctrl-C reaches the program that owns the chain,
+            // which may still need it while shutting down (a last settlement), not anvil itself.
+            // Anvil dies with its owner: `Drop`, or the watchdog below.
+            .process_group(0)
             .spawn()
             .map_err(|source| ProcessError::Spawn {
                 path: binary.display().to_string(),
@@ -250,6 +255,8 @@ fn spawn_watchdog(pid: u32) -> Option<(Child, ChildStdin)> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // out of the terminal's process group too, so that Ctrl-C does not end it before it acts
+        .process_group(0)
         .spawn()
         .ok()?;
     let stdin = w.stdin.take()?;
