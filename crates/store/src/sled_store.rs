@@ -280,11 +280,7 @@ impl SledStore {
     /// Opens (creating if needed) the database at `config.path`, checks its format, and replays
     /// its write-ahead log.
     pub fn open(config: SledStoreConfig) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .open()
-            .map_err(|e| Error::Io(format!("opening {}: {e}", config.path.display())))?;
+        let db = open_sled(&config)?;
         check_format(&db)?;
         let data_file = File::open(config.path.join("db")).map_err(|e| {
             Error::Io(format!(
@@ -704,6 +700,40 @@ impl Checkpointer {
         match wal {
             Some(w) => w.truncate(),
             None => Ok(()),
+        }
+    }
+}
+
+/// How long [`open_sled`] waits for sled's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: a store of this process that was
+/// just closed holds it until sled's background writes finish (measured: a few percent of
+/// immediate reopens found it still held).
+fn open_sled(config: &SledStoreConfig) -> Result<sled::Db> {
+    let started = Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(Error::Io(format!(
+                    "opening {}: {e} (is another paychan using this data directory?)",
+                    config.path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(Error::Io(format!("opening {}: {e}", config.path.display())));
+            }
         }
     }
 }

@@ -269,3 +269,30 @@ async fn reads_merge_sled_with_writes_not_yet_checkpointed() {
         vec![20, 3, 4]
     );
 }
+
+#[tokio::test]
+async fn a_directory_in_use_is_refused_with_a_hint_and_free_again_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+    first
+        .commit(WriteBatch::channel(record(1, 7)))
+        .await
+        .unwrap();
+    let err = SledStore::open(SledStoreConfig::new(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another paychan"), "{err}");
+    drop(first);
+    // reopening right after close waits out sled's last background writes instead of failing
+    let again = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+    assert_eq!(
+        again
+            .channel(B256::repeat_byte(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .charged,
+        7
+    );
+}
