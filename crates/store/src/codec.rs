@@ -20,8 +20,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{Error, Result};
 
-/// The database format this build writes and reads.
-pub const DB_FORMAT: u32 = 1;
+/// The database format this build writes and reads. Format 2 changed only the sled store's
+/// write-ahead log (format 1 appended records to files emptied by truncation); opening a
+/// format-1 store replays its log and moves it to format 2.
+pub const DB_FORMAT: u32 = 2;
 /// Format byte of a v1 channel record.
 pub const CHANNEL_V1: u8 = 1;
 /// Format byte of the JSON-encoded records.

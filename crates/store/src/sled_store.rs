@@ -2,8 +2,9 @@
 //!
 //! **Commit path.** [`Store::commit`] turns its batch into key writes and one log record in the
 //! caller's task (no thread hop, all cores share the encoding work), stages both, and waits. One
-//! log-writer thread takes everything staged at that moment, appends it to the write-ahead log
-//! (`<dir>/paychan.wal`) with one `write(2)`, makes it durable with one `fdatasync(2)`, publishes
+//! log-writer thread takes everything staged at that moment, writes it to the write-ahead log
+//! (`<dir>/paychan-{0,1}.wal`, see [`crate::wal`]) as one group with one `pwrite(2)`, makes it
+//! durable with one `fdatasync(2)`, publishes
 //! the writes to an in-memory overlay that every read consults before sled, and answers every
 //! waiter. Commits that arrive while a sync is under way form the next group by themselves, and a
 //! lone commit is written at once; under contention (two or more staged) the writer also waits
@@ -15,16 +16,17 @@
 //! when the log passes `checkpoint_bytes` or the overlay `checkpoint_keys`, and on close) the
 //! writer freezes the overlay and switches to the other of the two log files; a checkpoint thread
 //! applies the frozen writes to sled in one batch — the latest value of each key once, however
-//! often it changed — flushes sled, empties the frozen log file and drops the frozen overlay.
-//! Commits go on meanwhile (a checkpoint of 200,000 keys takes a few hundred milliseconds). Reads
-//! consult the overlay, then the frozen overlay, then sled. On open, both log files are replayed
-//! into sled, oldest generation first.
+//! often it changed, together with the log generation they complete — flushes sled, hands the
+//! log file back for a later turn and drops the frozen overlay. Commits go on meanwhile (a
+//! checkpoint of 200,000 keys takes a few hundred milliseconds). Reads consult the overlay, then
+//! the frozen overlay, then sled. On open, the log generations sled does not hold yet are
+//! replayed into it, oldest first.
 //!
 //! **What makes a commit durable** ([`Durability::Fsync`], the default): `write(2)` of the log
 //! record followed by `fdatasync(2)` of the log file, before the commit returns. A checkpoint makes
 //! sled's copy durable with `Db::flush()` — on Linux `pwrite` + `sync_file_range(WAIT_BEFORE |
-//! WRITE | WAIT_AFTER)` — followed by `fdatasync(2)` of `<dir>/db`, and only then empties the
-//! log file. `sync_file_range` alone would not be enough: it waits for write-back of dirty pages but
+//! WRITE | WAIT_AFTER)` — followed by `fdatasync(2)` of `<dir>/db`, and only then may the log
+//! file be written over. `sync_file_range` alone would not be enough: it waits for write-back of dirty pages but
 //! neither flushes the device's volatile write cache nor persists the file-size and extent
 //! metadata of newly written regions, so after a power loss the data may be gone (it only protects
 //! against a process crash, which the page cache already survives); `fdatasync` does both.
@@ -94,7 +96,7 @@ pub struct SledStoreConfig {
     /// best measured throughput at 64 and 10,000 concurrent channels (BENCHMARKS.md). With
     /// sub-millisecond handlers and a few dozen requests in flight, a shorter window serves more.
     pub group_window: Duration,
-    /// Checkpoint (write the overlay to sled, flush it, empty a log file) at least this often
+    /// Checkpoint (write the overlay to sled, flush it, free a log file for reuse) at least this often
     /// while there are writes (default 5 s).
     pub checkpoint_every: Duration,
     /// ... or when the log file reaches this size (default 64 MiB),
@@ -156,8 +158,8 @@ type Overlay = Arc<RwLock<Layers>>;
 struct Staged {
     /// Their log records, in commit order.
     records: Vec<u8>,
-    /// Their writes, the latest per key: published to the overlay once durable.
-    writes: Plan,
+    /// Their writes, in commit order: published to the overlay once durable.
+    writes: Vec<Plan>,
     /// Their callers.
     waiters: Vec<oneshot::Sender<Result<()>>>,
     /// Set after a log failure: nothing more is acknowledged (the store fails closed).
@@ -237,7 +239,7 @@ struct Writer {
     checkpoint_keys: usize,
     /// The log file being written (`None` without a log).
     wal: Option<Wal>,
-    /// The other log file, empty, while no checkpoint runs.
+    /// The other log file, free to be written over, while no checkpoint runs.
     spare: Option<Wal>,
     durability: Durability,
     checkpoint_every: Duration,
@@ -249,12 +251,23 @@ struct Writer {
     failed: Option<Error>,
     /// Sends work to the checkpoint thread; `None` once closed.
     to_checkpointer: Option<std::sync::mpsc::Sender<Checkpoint>>,
-    /// The checkpoint thread reports each finished checkpoint here, with the log file it emptied
+    /// The checkpoint thread reports each finished checkpoint here, with the log file it freed
     /// (`None` if it failed and gave up on closing: that file keeps its records for the next open).
     from_checkpointer: std::sync::mpsc::Receiver<Option<Wal>>,
     checkpointer: Option<JoinHandle<()>>,
     /// A checkpoint is under way.
     checkpointing: bool,
+    /// The last group's buffers, emptied: swapped into the queue when the next group is taken,
+    /// so that staging never grows a fresh allocation page by page.
+    buffers: Group,
+}
+
+/// A group of staged commits taken by the log writer.
+#[derive(Default)]
+struct Group {
+    records: Vec<u8>,
+    writes: Vec<Plan>,
+    waiters: Vec<oneshot::Sender<Result<()>>>,
 }
 
 /// A checkpoint for the checkpoint thread: frozen writes and the log file that holds them.
@@ -281,43 +294,48 @@ impl SledStore {
     /// its write-ahead log.
     pub fn open(config: SledStoreConfig) -> Result<Self> {
         let db = open_sled(&config)?;
-        check_format(&db)?;
+        let format1 = check_format(&db)?;
         let data_file = File::open(config.path.join("db")).map_err(|e| {
             Error::Io(format!(
                 "opening {} for fdatasync: {e}",
                 config.path.join("db").display()
             ))
         })?;
+        let sync_db = |db: &sled::Db| -> Result<()> {
+            db.flush().map_err(io)?;
+            data_file
+                .sync_data()
+                .map_err(|e| Error::Io(format!("fdatasync: {e}")))
+        };
         let mut wals = [
             Wal::open(config.path.join(WAL_FILES[0]))?,
             Wal::open(config.path.join(WAL_FILES[1]))?,
         ];
-        let mut logged = Vec::new();
-        for w in &mut wals {
-            if let Some(found) = w.read()? {
-                logged.push(found);
-            }
+        if format1 {
+            migrate_format1(&db, &mut wals, sync_db)?;
         }
-        logged.sort_by_key(|(generation, _)| *generation);
-        let generation = logged.last().map_or(0, |(g, _)| *g) + 1;
-        let records: usize = logged.iter().map(|(_, r)| r.len()).sum();
-        if records > 0 {
-            tracing::info!(target: "paychan_store", records, "replaying the write-ahead log");
-            for (_, plans) in &logged {
-                for p in plans {
-                    apply_plan(&db, p)?;
+        // Replay what sled does not hold yet, oldest generation first, and record that it does.
+        let checkpointed = checkpointed_generation(&db)?;
+        let mut newest = checkpointed;
+        let mut replay = Vec::new();
+        for w in &mut wals {
+            if let Some((generation, plans)) = w.read()? {
+                newest = newest.max(generation);
+                if generation > checkpointed {
+                    replay.push((generation, plans));
                 }
             }
-            db.flush().map_err(io)?;
-            data_file
-                .sync_data()
-                .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
         }
-        for w in &mut wals {
-            if w.len() > 0 {
-                w.truncate()?;
-            }
+        replay.sort_by_key(|(generation, _)| *generation);
+        if newest > checkpointed {
+            let groups: usize = replay.iter().map(|(_, g)| g.len()).sum();
+            tracing::info!(target: "paychan_store", groups, "replaying the write-ahead log");
+            let merged: Plan = replay.into_iter().flat_map(|(_, g)| g).flatten().collect();
+            apply_checkpoint(&db, &merged, Some(newest))?;
+            sync_db(&db)?;
         }
+        let generation = newest + 1;
+        // Every file's content is in sled now: either may take the next generation.
         let [mut wal, spare] = wals;
         wal.begin(generation);
         let logging = config.durability != Durability::None;
@@ -352,6 +370,7 @@ impl SledStore {
             from_checkpointer,
             checkpointer: Some(checkpointer),
             checkpointing: false,
+            buffers: Group::default(),
         };
         let writer = std::thread::Builder::new()
             .name("paychan-store-log".into())
@@ -471,7 +490,9 @@ fn read_through(db: &sled::Db, overlay: &Overlay, key: &[u8]) -> Result<Option<V
     Ok(db.get(key).map_err(io)?.map(|v| v.to_vec()))
 }
 
-fn apply_plan(db: &sled::Db, p: &Plan) -> Result<()> {
+/// Applies `p` to sled in one batch, with the newest generation of the log it comes from (so
+/// that the log is never replayed over it).
+fn apply_checkpoint(db: &sled::Db, p: &Plan, generation: Option<u64>) -> Result<()> {
     let mut sb = sled::Batch::default();
     for (k, v) in p {
         match v {
@@ -479,28 +500,78 @@ fn apply_plan(db: &sled::Db, p: &Plan) -> Result<()> {
             None => sb.remove(k.as_slice()),
         }
     }
+    if let Some(g) = generation {
+        sb.insert(codec::meta_key(wal::CHECKPOINTED), &g.to_be_bytes());
+    }
     db.apply_batch(sb).map_err(io)
+}
+
+/// The newest log generation sled holds (0: none).
+fn checkpointed_generation(db: &sled::Db) -> Result<u64> {
+    let key = codec::meta_key(wal::CHECKPOINTED);
+    match db.get(&key).map_err(io)? {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| Error::Corrupt {
+                key: wal::CHECKPOINTED.into(),
+                reason: "the checkpointed log generation is not 8 bytes".into(),
+            }),
+    }
+}
+
+/// Moves a format-1 store to the current format: replays its log (format 1's records), makes
+/// sled durable, empties the old files and only then writes the new format number.
+fn migrate_format1(
+    db: &sled::Db,
+    wals: &mut [Wal; 2],
+    sync_db: impl Fn(&sled::Db) -> Result<()>,
+) -> Result<()> {
+    let mut logged = Vec::new();
+    for w in wals.iter_mut() {
+        logged.extend(w.read_format1()?);
+    }
+    logged.sort_by_key(|(generation, _)| *generation);
+    let records: usize = logged.iter().map(|(_, r)| r.len()).sum();
+    let merged: Plan = logged.into_iter().flat_map(|(_, r)| r).flatten().collect();
+    tracing::info!(target: "paychan_store", records, "migrating the store from format 1: replaying its log");
+    apply_checkpoint(db, &merged, None)?;
+    sync_db(db)?;
+    for w in wals.iter_mut() {
+        w.truncate()?;
+    }
+    db.insert(
+        codec::meta_key(codec::FORMAT_KEY),
+        &codec::DB_FORMAT.to_be_bytes(),
+    )
+    .map_err(io)?;
+    sync_db(db)
 }
 
 impl Writer {
     fn run(&mut self) {
         loop {
-            let Some((records, writes, waiters)) = self.next_group() else {
+            let Some(mut group) = self.next_group() else {
                 break;
             };
-            let result = self.write(&records);
+            let result = self.write(&mut group.records);
             if result.is_ok()
                 && let Ok(mut o) = self.overlay.write()
             {
-                o.active.extend(writes);
+                for writes in group.writes.drain(..) {
+                    o.active.extend(writes);
+                }
             }
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
             self.shared
                 .batches
-                .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-            for w in waiters {
+                .fetch_add(group.waiters.len() as u64, Ordering::Relaxed);
+            for w in group.waiters.drain(..) {
                 let _ = w.send(result.clone());
             }
+            group.records.clear();
+            group.writes.clear();
+            self.buffers = group;
             self.maybe_checkpoint();
         }
         // Closing: wait for a checkpoint under way, then checkpoint the rest and stop.
@@ -515,8 +586,7 @@ impl Writer {
 
     /// Everything staged, once there is something; `None` when the store closes with nothing
     /// left to write. Checkpoints that fall due while idle are started here.
-    #[allow(clippy::type_complexity)]
-    fn next_group(&mut self) -> Option<(Vec<u8>, Plan, Vec<oneshot::Sender<Result<()>>>)> {
+    fn next_group(&mut self) -> Option<Group> {
         let mut st = self.shared.lock().ok()?;
         loop {
             if !st.records.is_empty() {
@@ -529,11 +599,11 @@ impl Writer {
                     st = self.shared.lock().ok()?;
                 }
                 self.last_write = Instant::now();
-                return Some((
-                    std::mem::take(&mut st.records),
-                    std::mem::take(&mut st.writes),
-                    std::mem::take(&mut st.waiters),
-                ));
+                let mut group = std::mem::take(&mut self.buffers);
+                std::mem::swap(&mut group.records, &mut st.records);
+                std::mem::swap(&mut group.writes, &mut st.writes);
+                std::mem::swap(&mut group.waiters, &mut st.waiters);
+                return Some(group);
             }
             if st.closing {
                 return None;
@@ -565,8 +635,8 @@ impl Writer {
             .saturating_sub(self.last_checkpoint.elapsed())
     }
 
-    /// Appends a group's records to the log and makes them durable as configured.
-    fn write(&mut self, records: &[u8]) -> Result<()> {
+    /// Writes a group to the log and makes it durable as configured.
+    fn write(&mut self, records: &mut [u8]) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -590,7 +660,7 @@ impl Writer {
             return;
         }
         let keys = self.overlay.read().map_or(0, |o| o.active.len());
-        let log_bytes = self.wal.as_ref().map_or(0, Wal::len);
+        let log_bytes = self.wal.as_ref().map_or(0, Wal::written);
         if log_bytes >= self.checkpoint_bytes
             || keys >= self.checkpoint_keys
             || self.until_checkpoint().is_zero()
@@ -658,7 +728,7 @@ impl Checkpointer {
         done: &std::sync::mpsc::Sender<Option<Wal>>,
     ) {
         while let Ok(mut job) = jobs.recv() {
-            let emptied = loop {
+            let freed = loop {
                 match self.checkpoint(&job.frozen, job.wal.as_mut()) {
                     Ok(()) => {
                         if let Ok(mut o) = self.overlay.write() {
@@ -679,7 +749,7 @@ impl Checkpointer {
                     }
                 }
             };
-            if done.send(emptied).is_err() {
+            if done.send(freed).is_err() {
                 break;
             }
         }
@@ -689,18 +759,16 @@ impl Checkpointer {
         self.shared.lock().map_or(true, |st| st.closing)
     }
 
-    /// Writes `frozen` to sled durably, then empties the log file that held it.
+    /// Writes `frozen` to sled durably, with the generation of the log file that held it: from
+    /// then on that file may be written over.
     fn checkpoint(&mut self, frozen: &Plan, wal: Option<&mut Wal>) -> Result<()> {
-        apply_plan(&self.db, frozen)?;
+        apply_checkpoint(&self.db, frozen, wal.map(|w| w.generation()))?;
         self.db.flush().map_err(io)?;
         if let Some(f) = &self.data_file {
             f.sync_data()
                 .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
         }
-        match wal {
-            Some(w) => w.truncate(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -738,21 +806,24 @@ fn open_sled(config: &SledStoreConfig) -> Result<sled::Db> {
     }
 }
 
-fn check_format(db: &sled::Db) -> Result<()> {
+/// Checks the database's format; `true` for a format-1 store, which [`migrate_format1`] moves
+/// to the current one.
+fn check_format(db: &sled::Db) -> Result<bool> {
     let key = codec::meta_key(codec::FORMAT_KEY);
     match db.get(&key).map_err(io)? {
         Some(v) => {
             let found = codec::decode_format(&v)?;
             if found == codec::DB_FORMAT {
-                Ok(())
+                Ok(false)
             } else if found > codec::DB_FORMAT {
                 Err(Error::Format {
                     found,
                     supported: codec::DB_FORMAT,
                     hint: "it was written by a newer paychan; upgrade paychan or point it at another data directory",
                 })
+            } else if found == 1 {
+                Ok(true)
             } else {
-                // No older format has existed yet; a future format change adds its migration here.
                 Err(Error::Format {
                     found,
                     supported: codec::DB_FORMAT,
@@ -764,7 +835,7 @@ fn check_format(db: &sled::Db) -> Result<()> {
             db.insert(&key, &codec::DB_FORMAT.to_be_bytes())
                 .map_err(io)?;
             db.flush().map_err(io)?;
-            Ok(())
+            Ok(false)
         }
         None => Err(Error::Format {
             found: 0,
@@ -800,7 +871,8 @@ impl Store for SledStore {
             inner.shared.batches.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let record = wal::record(&writes)?;
+        let mut record = Vec::with_capacity(512);
+        wal::entries(&writes, &mut record)?;
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut st = inner.shared.lock()?;
@@ -810,8 +882,12 @@ impl Store for SledStore {
             if st.closing {
                 return Err(Error::Closed);
             }
+            if st.records.is_empty() {
+                // room for the group's header, which the log writer fills in
+                st.records.resize(wal::GROUP_HEADER, 0);
+            }
             st.records.extend_from_slice(&record);
-            st.writes.extend(writes);
+            st.writes.push(writes);
             st.waiters.push(tx);
             std::mem::take(&mut st.writer_idle)
         };

@@ -544,11 +544,34 @@ pub fn corrective_requirements(
     r.to_generic()
 }
 
+/// `extra` as its JSON object: what `serde_json::to_value` makes of it, built directly (this runs
+/// for every paid request; the serializer's detour through `Value` cost ~1.5% of an accept).
 fn response_extra(extra: &ResponseExtra) -> Option<crate::x402::JsonObject> {
-    match serde_json::to_value(extra) {
-        Ok(serde_json::Value::Object(m)) => Some(m),
-        _ => None,
+    use serde_json::Value;
+    let dec = |v: u128| Value::String(v.to_string());
+    let mut m = crate::x402::JsonObject::new();
+    if let Some(a) = extra.charged_amount {
+        m.insert("chargedAmount".into(), dec(a));
     }
+    if let Some(c) = &extra.channel_state {
+        let mut o = crate::x402::JsonObject::new();
+        o.insert("channelId".into(), Value::String(c.channel_id.to_string()));
+        o.insert("balance".into(), dec(c.balance));
+        o.insert("totalClaimed".into(), dec(c.total_claimed));
+        o.insert(
+            "withdrawRequestedAt".into(),
+            Value::from(c.withdraw_requested_at),
+        );
+        o.insert(
+            "refundNonce".into(),
+            Value::String(c.refund_nonce.to_string()),
+        );
+        if let Some(v) = c.charged_cumulative_amount {
+            o.insert("chargedCumulativeAmount".into(), dec(v));
+        }
+        m.insert("channelState".into(), Value::Object(o));
+    }
+    Some(m)
 }
 
 /// The `PAYMENT-RESPONSE` of a request paid by voucher: nothing on chain, the charge and the
@@ -706,4 +729,40 @@ pub fn complete_refund(
         refund_authorizer_signature: refund_sig,
         claim_authorizer_signature: claim_sig,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::{B256, U256};
+    use proptest::prelude::*;
+
+    use super::{ChannelSnapshot, ResponseExtra, response_extra};
+
+    proptest! {
+        #[test]
+        fn response_extra_is_what_serde_makes_of_it(
+            charged in proptest::option::of(any::<u128>()),
+            state in proptest::option::of((
+                any::<[u8; 32]>(), any::<u128>(), any::<u128>(), any::<u64>(), any::<[u8; 32]>(),
+                proptest::option::of(any::<u128>()),
+            )),
+        ) {
+            let extra = ResponseExtra {
+                charged_amount: charged,
+                channel_state: state.map(|(id, balance, claimed, at, nonce, cum)| ChannelSnapshot {
+                    channel_id: B256::from(id),
+                    balance,
+                    total_claimed: claimed,
+                    withdraw_requested_at: at,
+                    refund_nonce: U256::from_be_bytes(nonce),
+                    charged_cumulative_amount: cum,
+                }),
+            };
+            let by_serde = match serde_json::to_value(&extra).unwrap() {
+                serde_json::Value::Object(m) => m,
+                other => panic!("not an object: {other}"),
+            };
+            prop_assert_eq!(response_extra(&extra), Some(by_serde));
+        }
+    }
 }

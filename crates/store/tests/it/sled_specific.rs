@@ -123,10 +123,25 @@ fn log_bytes(db: &std::path::Path) -> [u64; 2] {
         .map(|f| std::fs::metadata(db.join(f)).map_or(0, |m| m.len()))
 }
 
+/// Copies the files of a store directory (what a crash at this moment leaves on disk, since
+/// the page cache survives a process crash).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
-async fn commits_go_through_the_write_ahead_log_and_a_clean_close_empties_it() {
+async fn commits_go_through_the_write_ahead_log_and_a_clean_close_checkpoints_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
+    let crashed = dir.path().join("crashed");
     {
         let mut cfg = SledStoreConfig::new(&path);
         cfg.checkpoint_every = std::time::Duration::from_secs(3600);
@@ -136,16 +151,21 @@ async fn commits_go_through_the_write_ahead_log_and_a_clean_close_empties_it() {
                 .await
                 .unwrap();
         }
-        assert!(
-            log_bytes(&path).iter().sum::<u64>() > 10 * 359,
-            "every commit is logged before it is acknowledged"
-        );
+        // no checkpoint has run: only the log holds the commits
+        copy_dir(&path, &crashed);
     }
-    assert_eq!(
-        log_bytes(&path),
-        [0, 0],
-        "closing checkpoints and empties the log"
-    );
+    for _ in 0..2 {
+        // replayed on open (and again on a second open, to the same state)
+        let s = SledStore::open(SledStoreConfig::new(&crashed)).unwrap();
+        for i in 0..10u8 {
+            let got = s.channel(B256::repeat_byte(i)).await.unwrap();
+            assert_eq!(got.map(|r| r.charged), Some(u128::from(i)), "channel {i}");
+        }
+    }
+    // a clean close wrote everything to sled: the log files are no longer needed
+    for f in paychan_store::sled_store::WAL_FILES {
+        std::fs::remove_file(path.join(f)).unwrap();
+    }
     let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
     assert_eq!(
         s.channel(B256::repeat_byte(9))
@@ -154,6 +174,62 @@ async fn commits_go_through_the_write_ahead_log_and_a_clean_close_empties_it() {
             .unwrap()
             .charged,
         9
+    );
+}
+
+#[tokio::test]
+#[allow(clippy::cast_possible_truncation)]
+async fn a_format1_store_is_migrated_with_its_log_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+        s.commit(WriteBatch::channel(record(1, 5))).await.unwrap();
+    }
+    // turn it into what format 1 left after a crash: format number 1, and a log file (header,
+    // then one record) holding a commit sled does not have
+    {
+        let db = sled::open(&path).unwrap();
+        db.insert(codec::meta_key(codec::FORMAT_KEY), &1u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let r = record(2, 77);
+    let (key, value) = (codec::channel_key(&r.channel_id), codec::encode_channel(&r));
+    let mut payload = vec![1u8];
+    payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&key);
+    payload.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&value);
+    let mut file = Vec::new();
+    file.extend_from_slice(&0x5041_5748u32.to_le_bytes());
+    file.extend_from_slice(&3u64.to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&3u64.to_le_bytes()).to_le_bytes());
+    file.extend_from_slice(&0x5041_5743u32.to_le_bytes());
+    file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    file.extend_from_slice(&payload);
+    let wal1 = path.join(paychan_store::sled_store::WAL_FILES[1]);
+    std::fs::write(&wal1, &file).unwrap();
+    {
+        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
+        let one = s.channel(B256::repeat_byte(1)).await.unwrap();
+        assert_eq!(one.map(|r| r.charged), Some(5));
+        let two = s.channel(B256::repeat_byte(2)).await.unwrap();
+        assert_eq!(
+            two.map(|r| r.charged),
+            Some(77),
+            "the format-1 log was replayed"
+        );
+    }
+    let db = sled::open(&path).unwrap();
+    assert_eq!(
+        db.get(codec::meta_key(codec::FORMAT_KEY))
+            .unwrap()
+            .unwrap()
+            .as_ref(),
+        codec::DB_FORMAT.to_be_bytes(),
+        "migrated"
     );
 }
 
