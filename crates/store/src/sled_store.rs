@@ -287,6 +287,9 @@ struct Checkpointer {
     data_file: Option<File>,
     /// To see the store closing while a failed checkpoint waits to be retried.
     shared: Arc<Shared>,
+    /// A log file larger than this (grown by a burst while a checkpoint ran long) is cut back to
+    /// it once checkpointed: `checkpoint_bytes` and a step.
+    keep_log_bytes: u64,
 }
 
 impl SledStore {
@@ -319,11 +322,9 @@ impl SledStore {
         let mut newest = checkpointed;
         let mut replay = Vec::new();
         for w in &mut wals {
-            if let Some((generation, plans)) = w.read()? {
+            if let Some((generation, plans)) = w.read(checkpointed)? {
                 newest = newest.max(generation);
-                if generation > checkpointed {
-                    replay.push((generation, plans));
-                }
+                replay.push((generation, plans));
             }
         }
         replay.sort_by_key(|(generation, _)| *generation);
@@ -348,6 +349,7 @@ impl SledStore {
             overlay: overlay.clone(),
             data_file: (config.durability == Durability::Fsync).then_some(data_file),
             shared: shared.clone(),
+            keep_log_bytes: config.checkpoint_bytes.saturating_add(wal::STEP),
         };
         let checkpointer = std::thread::Builder::new()
             .name("paychan-store-ckpt".into())
@@ -762,13 +764,17 @@ impl Checkpointer {
     /// Writes `frozen` to sled durably, with the generation of the log file that held it: from
     /// then on that file may be written over.
     fn checkpoint(&mut self, frozen: &Plan, wal: Option<&mut Wal>) -> Result<()> {
-        apply_checkpoint(&self.db, frozen, wal.map(|w| w.generation()))?;
+        let generation = wal.as_ref().map(|w| w.generation());
+        apply_checkpoint(&self.db, frozen, generation)?;
         self.db.flush().map_err(io)?;
         if let Some(f) = &self.data_file {
             f.sync_data()
                 .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
         }
-        Ok(())
+        match wal {
+            Some(w) => w.shrink_to(self.keep_log_bytes),
+            None => Ok(()),
+        }
     }
 }
 

@@ -41,7 +41,7 @@ pub(crate) const GROUP_HEADER: usize = 20;
 const MAX_GROUP: usize = 1 << 30;
 /// The files grow in steps of this many zero bytes.
 const STEP_BYTES: usize = 1 << 20;
-const STEP: u64 = STEP_BYTES as u64;
+pub(crate) const STEP: u64 = STEP_BYTES as u64;
 /// The meta key naming the newest generation whose writes sled holds durably.
 pub(crate) const CHECKPOINTED: &str = "wal-checkpointed";
 
@@ -90,9 +90,22 @@ impl Wal {
         Ok(bytes)
     }
 
-    /// The generation the file last logged and the plans of its complete groups, in order;
-    /// `None` if it holds no complete group.
-    pub(crate) fn read(&mut self) -> Result<Option<(u64, Vec<Plan>)>> {
+    /// The generation the file last logged and the plans of its complete groups, in order, if
+    /// that generation is newer than `after`; `None` if the file holds no complete group or an
+    /// older generation (read no further than its first header: sled already holds it).
+    pub(crate) fn read(&mut self, after: u64) -> Result<Option<(u64, Vec<Plan>)>> {
+        let mut first = [0u8; GROUP_HEADER];
+        match self.file.read_exact_at(&mut first, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io("reading", &self.path, e)),
+        }
+        let first_generation = u64::from_le_bytes(first[8..16].try_into().unwrap_or_default());
+        if u32_at(&first, 0) != GROUP_MAGIC || first_generation <= after {
+            // Not a group, or a turn sled holds (if this header is what is left of a newer turn
+            // whose first write tore, that turn acknowledged nothing).
+            return Ok(None);
+        }
         let bytes = self.bytes()?;
         let mut generation = None;
         let mut out = Vec::new();
@@ -185,6 +198,18 @@ impl Wal {
                 .write_all_at(&zeros[..n], self.size)
                 .map_err(|e| io("extending", &self.path, e))?;
             self.size += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Cuts the file back to `max` bytes if it grew beyond (a burst of log while a checkpoint
+    /// ran long); only once sled holds everything in it.
+    pub(crate) fn shrink_to(&mut self, max: u64) -> Result<()> {
+        if self.size > max {
+            self.file
+                .set_len(max)
+                .map_err(|e| io("shrinking", &self.path, e))?;
+            self.size = max;
         }
         Ok(())
     }
@@ -317,7 +342,7 @@ mod tests {
 
     /// What the file holds, as its generation and one merged plan per group.
     fn read(path: &Path) -> Option<(u64, Vec<Plan>)> {
-        Wal::open(path.to_path_buf()).unwrap().read().unwrap()
+        Wal::open(path.to_path_buf()).unwrap().read(0).unwrap()
     }
 
     fn merged(plans: &[Plan]) -> Plan {
@@ -384,6 +409,19 @@ mod tests {
             "all three groups of the turn"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * STEP);
+        // a turn sled already holds is not read
+        let mut again = Wal::open(path.clone()).unwrap();
+        assert_eq!(again.read(5).unwrap(), None);
+        assert_eq!(again.read(4).unwrap().map(|(g, _)| g), Some(5));
+        // a file grown past the limit is cut back to it once checkpointed
+        w.shrink_to(STEP).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), STEP);
+        w.shrink_to(2 * STEP).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            STEP,
+            "never grown by it"
+        );
     }
 
     #[test]
@@ -406,7 +444,7 @@ mod tests {
         std::fs::write(&path, &f).unwrap();
         let mut w = Wal::open(path.clone()).unwrap();
         assert_eq!(w.read_format1().unwrap(), Some((4, vec![plan(1), plan(2)])));
-        assert_eq!(w.read().unwrap(), None, "not a current-format log");
+        assert_eq!(w.read(0).unwrap(), None, "not a current-format log");
         std::fs::write(&path, &f[..f.len() - 1]).unwrap();
         let mut w = Wal::open(path).unwrap();
         assert_eq!(
