@@ -1,12 +1,11 @@
 //! The on-disk store: sled 0.34 behind a write-ahead log, with group commit.
 //!
-//! **Commit path.** [`Store::commit`] turns its batch into key writes and one log record in the
-//! caller's task (no thread hop, all cores share the encoding work), stages both, and waits. One
-//! log-writer thread takes everything staged at that moment, writes it to the write-ahead log
-//! (`<dir>/paychan-{0,1}.wal`, see [`crate::wal`]) as one group with one `pwrite(2)`, makes it
-//! durable with one `fdatasync(2)`, publishes
-//! the writes to an in-memory overlay that every read consults before sled, and answers every
-//! waiter. Commits that arrive while a sync is under way form the next group by themselves, and a
+//! **Commit path.** [`Store::commit`] turns its batch into key writes and their log entries in
+//! the caller's task (no thread hop, all cores share the encoding work), stages both, and waits.
+//! One log-writer thread takes everything staged at that moment, writes it to the write-ahead log
+//! (`<dir>/paychan-{0,1}.wal`, format in `wal.rs`) as one group with one `pwrite(2)`, makes it
+//! durable with one `fdatasync(2)`, publishes the writes to an in-memory overlay that every read
+//! consults before sled, and answers every waiter. Commits that arrive while a sync is under way form the next group by themselves, and a
 //! lone commit is written at once; under contention (two or more staged) the writer also waits
 //! out the rest of `group_window` since its last write, so that more commits share each
 //! `fdatasync` (BENCHMARKS.md §2 measures the trade). A commit's writes become visible to
