@@ -2,8 +2,9 @@
 //!
 //! * **throughput**: paid accepts per second (voucher check + reserve + durable commit) with 1,
 //!   64 and 10,000 channels served concurrently, on sled with durability on (`fsync`) and off
-//!   (`none`), and on the in-memory store (`memory`: the engine's own ceiling); next to it, the
-//!   bare warm signature-check rate on all cores in the same run;
+//!   (`none`), and on the in-memory store (`memory`: the engine's own ceiling); next to each row,
+//!   the bare warm signature-check rate on all cores over distinct vouchers, measured just before
+//!   and just after it in the same run (see [`DISTINCT`]);
 //! * **scale**: accept latency (p50/p99) and resident memory with 1,000, 100,000 and 1,000,000
 //!   channels stored.
 //!

@@ -29,9 +29,9 @@ pub(crate) struct File {
     /// Under load, write the store's log at most once per this many microseconds, so that
     /// concurrent charges share one `fdatasync` (default 1000; 0: write as soon as possible).
     pub(crate) group_commit_window_us: Option<u64>,
-    /// Write the store's recent charges into sled (freeing a log file for reuse) at least this often,
-    /// milliseconds (default 5000). Shorter: less log to replay on restart; longer: fewer sled
-    /// writes of a busy channel.
+    /// Write the store's recent charges into sled (freeing a log file for reuse) at least this
+    /// often, milliseconds (default 5000). Shorter: less log to replay on restart; longer: fewer
+    /// sled writes of a busy channel.
     pub(crate) checkpoint_interval_ms: Option<u64>,
     /// Upstream base URL, or `demo` for the built-in demo upstream.
     pub(crate) upstream: String,

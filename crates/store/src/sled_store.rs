@@ -5,11 +5,11 @@
 //! One log-writer thread takes everything staged at that moment, writes it to the write-ahead log
 //! (`<dir>/paychan-{0,1}.wal`, format in `wal.rs`) as one group with one `pwrite(2)`, makes it
 //! durable with one `fdatasync(2)`, publishes the writes to an in-memory overlay that every read
-//! consults before sled, and answers every waiter. Commits that arrive while a sync is under way form the next group by themselves, and a
-//! lone commit is written at once; under contention (two or more staged) the writer also waits
-//! out the rest of `group_window` since its last write, so that more commits share each
-//! `fdatasync` (BENCHMARKS.md §2 measures the trade). A commit's writes become visible to
-//! readers only once they are durable.
+//! consults before sled, and answers every waiter. Commits that arrive while a sync is under way
+//! form the next group by themselves, and a lone commit is written at once; under contention (two
+//! or more staged) the writer also waits out the rest of `group_window` since its last write, so
+//! that more commits share each `fdatasync` (BENCHMARKS.md §2 measures the trade). A commit's
+//! writes become visible to readers only once they are durable.
 //!
 //! **Checkpoints.** sled is out of the request path. At a checkpoint (every `checkpoint_every`,
 //! when the log passes `checkpoint_bytes` or the overlay `checkpoint_keys`, and on close) the
@@ -21,14 +21,15 @@
 //! the frozen overlay, then sled. On open, the log generations sled does not hold yet are
 //! replayed into it, oldest first.
 //!
-//! **What makes a commit durable** ([`Durability::Fsync`], the default): `write(2)` of the log
-//! record followed by `fdatasync(2)` of the log file, before the commit returns. A checkpoint makes
+//! **What makes a commit durable** ([`Durability::Fsync`], the default): `pwrite(2)` of its log
+//! group followed by `fdatasync(2)` of the log file, before the commit returns. A checkpoint makes
 //! sled's copy durable with `Db::flush()` — on Linux `pwrite` + `sync_file_range(WAIT_BEFORE |
 //! WRITE | WAIT_AFTER)` — followed by `fdatasync(2)` of `<dir>/db`, and only then may the log
-//! file be written over. `sync_file_range` alone would not be enough: it waits for write-back of dirty pages but
-//! neither flushes the device's volatile write cache nor persists the file-size and extent
-//! metadata of newly written regions, so after a power loss the data may be gone (it only protects
-//! against a process crash, which the page cache already survives); `fdatasync` does both.
+//! file be written over. `sync_file_range` alone would not be enough: it waits for write-back of
+//! dirty pages but neither flushes the device's volatile write cache nor persists the file-size
+//! and extent metadata of newly written regions, so after a power loss the data may be gone (it
+//! only protects against a process crash, which the page cache already survives); `fdatasync`
+//! does both.
 //!
 //! [`Durability::Flush`] writes the log record without `fdatasync` (survives a process crash, not
 //! a power loss); [`Durability::None`] writes no log at all and publishes a commit at once
@@ -95,8 +96,8 @@ pub struct SledStoreConfig {
     /// best measured throughput at 64 and 10,000 concurrent channels (BENCHMARKS.md). With
     /// sub-millisecond handlers and a few dozen requests in flight, a shorter window serves more.
     pub group_window: Duration,
-    /// Checkpoint (write the overlay to sled, flush it, free a log file for reuse) at least this often
-    /// while there are writes (default 5 s).
+    /// Checkpoint (write the overlay to sled, flush it, free a log file for reuse) at least this
+    /// often while there are writes (default 5 s).
     pub checkpoint_every: Duration,
     /// ... or when the log file reaches this size (default 64 MiB),
     pub checkpoint_bytes: u64,
@@ -155,7 +156,7 @@ type Overlay = Arc<RwLock<Layers>>;
 /// Commits waiting for the log writer.
 #[derive(Default)]
 struct Staged {
-    /// Their log records, in commit order.
+    /// Room for the group header, then their log entries, in commit order.
     records: Vec<u8>,
     /// Their writes, in commit order: published to the overlay once durable.
     writes: Vec<Plan>,
@@ -303,36 +304,25 @@ impl SledStore {
                 config.path.join("db").display()
             ))
         })?;
-        let sync_db = |db: &sled::Db| -> Result<()> {
-            db.flush().map_err(io)?;
-            data_file
-                .sync_data()
-                .map_err(|e| Error::Io(format!("fdatasync: {e}")))
-        };
         let mut wals = [
             Wal::open(config.path.join(WAL_FILES[0]))?,
             Wal::open(config.path.join(WAL_FILES[1]))?,
         ];
         if format1 {
-            migrate_format1(&db, &mut wals, sync_db)?;
+            migrate_format1(&db, &mut wals, &data_file)?;
         }
         // Replay what sled does not hold yet, oldest generation first, and record that it does.
         let checkpointed = checkpointed_generation(&db)?;
-        let mut newest = checkpointed;
         let mut replay = Vec::new();
         for w in &mut wals {
-            if let Some((generation, plans)) = w.read(checkpointed)? {
-                newest = newest.max(generation);
-                replay.push((generation, plans));
-            }
+            replay.extend(w.read(checkpointed)?);
         }
-        replay.sort_by_key(|(generation, _)| *generation);
-        if newest > checkpointed {
-            let groups: usize = replay.iter().map(|(_, g)| g.len()).sum();
+        let (newest, groups, merged) = in_generation_order(replay);
+        let newest = newest.unwrap_or(checkpointed);
+        if groups > 0 {
             tracing::info!(target: "paychan_store", groups, "replaying the write-ahead log");
-            let merged: Plan = replay.into_iter().flat_map(|(_, g)| g).flatten().collect();
             apply_checkpoint(&db, &merged, Some(newest))?;
-            sync_db(&db)?;
+            make_durable(&db, Some(&data_file))?;
         }
         let generation = newest + 1;
         // Every file's content is in sled now: either may take the next generation.
@@ -521,23 +511,43 @@ fn checkpointed_generation(db: &sled::Db) -> Result<u64> {
     }
 }
 
+/// Makes everything applied to sled durable: its flush, then `fdatasync` of `<dir>/db` (when
+/// given: with fsync durability).
+fn make_durable(db: &sled::Db, data_file: Option<&File>) -> Result<()> {
+    db.flush().map_err(io)?;
+    match data_file {
+        Some(f) => f
+            .sync_data()
+            .map_err(|e| Error::Io(format!("fdatasync: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Logged generations merged oldest first (the newest write of each key wins): the newest
+/// generation, how many groups or records they held, and their writes.
+fn in_generation_order(mut logged: Vec<(u64, Vec<Plan>)>) -> (Option<u64>, usize, Plan) {
+    logged.sort_by_key(|(generation, _)| *generation);
+    let newest = logged.last().map(|(generation, _)| *generation);
+    let count = logged.iter().map(|(_, plans)| plans.len()).sum();
+    let merged = logged
+        .into_iter()
+        .flat_map(|(_, plans)| plans)
+        .flatten()
+        .collect();
+    (newest, count, merged)
+}
+
 /// Moves a format-1 store to the current format: replays its log (format 1's records), makes
 /// sled durable, empties the old files and only then writes the new format number.
-fn migrate_format1(
-    db: &sled::Db,
-    wals: &mut [Wal; 2],
-    sync_db: impl Fn(&sled::Db) -> Result<()>,
-) -> Result<()> {
+fn migrate_format1(db: &sled::Db, wals: &mut [Wal; 2], data_file: &File) -> Result<()> {
     let mut logged = Vec::new();
     for w in wals.iter_mut() {
         logged.extend(w.read_format1()?);
     }
-    logged.sort_by_key(|(generation, _)| *generation);
-    let records: usize = logged.iter().map(|(_, r)| r.len()).sum();
-    let merged: Plan = logged.into_iter().flat_map(|(_, r)| r).flatten().collect();
+    let (_, records, merged) = in_generation_order(logged);
     tracing::info!(target: "paychan_store", records, "migrating the store from format 1: replaying its log");
     apply_checkpoint(db, &merged, None)?;
-    sync_db(db)?;
+    make_durable(db, Some(data_file))?;
     for w in wals.iter_mut() {
         w.truncate()?;
     }
@@ -546,7 +556,7 @@ fn migrate_format1(
         &codec::DB_FORMAT.to_be_bytes(),
     )
     .map_err(io)?;
-    sync_db(db)
+    make_durable(db, Some(data_file))
 }
 
 impl Writer {
@@ -765,11 +775,7 @@ impl Checkpointer {
     fn checkpoint(&mut self, frozen: &Plan, wal: Option<&mut Wal>) -> Result<()> {
         let generation = wal.as_ref().map(|w| w.generation());
         apply_checkpoint(&self.db, frozen, generation)?;
-        self.db.flush().map_err(io)?;
-        if let Some(f) = &self.data_file {
-            f.sync_data()
-                .map_err(|e| Error::Io(format!("fdatasync: {e}")))?;
-        }
+        make_durable(&self.db, self.data_file.as_ref())?;
         match wal {
             Some(w) => w.shrink_to(self.keep_log_bytes),
             None => Ok(()),
