@@ -262,6 +262,8 @@ impl StoreKind {
 struct Run {
     rate: f64,
     busy: f64,
+    /// Share of all cores used by the store's own threads (log writer, checkpoints).
+    store_busy: f64,
     groups: u64,
     batches: u64,
     commit_us: f64,
@@ -285,10 +287,13 @@ async fn throughput(
         bare_one,
     );
     println!(
-        "| channels | durability | requests | accepts/s | bare checks/s | vs bare | CPU busy | commit groups | requests/group | avg commit µs |"
+        "| channels | durability | requests | accepts/s | bare checks/s | vs bare | CPU busy | of it store threads | commit groups | requests/group | avg commit µs |"
     );
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let total: u64 = if quick { 20_000 } else { 100_000 };
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let total: u64 = std::env::var("PAYCHAN_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 20_000 } else { 100_000 });
     let counts = only_channels.map_or_else(|| vec![1u64, 64, 10_000], |c| vec![c]);
     for channels in counts {
         let per = (total / channels).max(2);
@@ -332,11 +337,12 @@ async fn throughput(
             let bare = f64::midpoint(bare_before, bare_after);
             bare_before = bare_after;
             println!(
-                "| {channels} | {} | {n} | {:.0} | {bare:.0} | {:.0}% | {:.0}% | {} | {:.1} | {:.0} |",
+                "| {channels} | {} | {n} | {:.0} | {bare:.0} | {:.0}% | {:.0}% | {:.1}% | {} | {:.1} | {:.0} |",
                 kind.name(),
                 r.rate,
                 100.0 * r.rate / bare,
                 100.0 * r.busy,
+                100.0 * r.store_busy,
                 r.groups,
                 r.batches as f64 / r.groups.max(1) as f64,
                 r.commit_us,
@@ -390,6 +396,7 @@ async fn timed_run<S: Store + Clone + 'static>(
         e.metrics().committed.load(relaxed),
     );
     let cpu0 = cpu_secs();
+    let store0 = threads_cpu_secs("paychan-store");
     let start = Instant::now();
     eprintln!("TIMED START pid={}", std::process::id());
     go_tx.send(true).unwrap();
@@ -397,16 +404,17 @@ async fn timed_run<S: Store + Clone + 'static>(
         t.await.unwrap();
     }
     let el = start.elapsed().as_secs_f64();
-    let busy = (cpu_secs() - cpu0)
-        / el
-        / std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2) as f64;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2) as f64;
+    let busy = (cpu_secs() - cpu0) / el / cores;
+    let store_busy = (threads_cpu_secs("paychan-store") - store0) / el / cores;
     eprintln!("TIMED END");
     let after = store.stats().await.unwrap();
     Run {
         rate: n as f64 / el,
         busy,
+        store_busy,
         groups: after.commits - before.commits,
         batches: after.batches - before.batches,
         commit_us: (e.metrics().commit_nanos.load(relaxed) - c0) as f64
@@ -417,7 +425,26 @@ async fn timed_run<S: Store + Clone + 'static>(
 
 /// User + system CPU seconds used by this process so far.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_secs(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// User + system CPU seconds used so far by this process's threads whose name starts with
+/// `prefix` (the store's log writer and checkpoint threads: `paychan-store`).
+fn threads_cpu_secs(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .map(|t| stat_cpu_secs(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+        .sum()
+}
+
+/// utime + stime of a `/proc/…/stat` line, in seconds.
+fn stat_cpu_secs(stat: &str) -> f64 {
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // fields 14 (utime) and 15 (stime) of /proc/pid/stat are at 11 and 12 after the comm field

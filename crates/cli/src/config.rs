@@ -26,8 +26,9 @@ pub(crate) struct File {
     pub(crate) data_dir: PathBuf,
     /// `fsync` (default), `flush` or `none`.
     pub(crate) durability: Option<String>,
-    /// Under load, write the store's log at most once per this many microseconds, so that
-    /// concurrent charges share one `fdatasync` (default 1000; 0: write as soon as possible).
+    /// The longest a charge waits for others to share the store's log write (`fdatasync`),
+    /// microseconds (default 4000; 0: write as soon as possible). A lone charge is written at
+    /// once, and a few channels paying in a tight loop are written once half of them wait.
     pub(crate) group_commit_window_us: Option<u64>,
     /// Write the store's recent charges into sled (freeing a log file for reuse) at least this
     /// often, milliseconds (default 5000). Shorter: less log to replay on restart; longer: fewer
@@ -438,7 +439,7 @@ impl Config {
             data_dir: base.join(&f.data_dir),
             durability,
             // Every commit under load may wait this long: beyond 100 ms it is a typo, not a choice.
-            group_commit_window: match f.group_commit_window_us.unwrap_or(1000) {
+            group_commit_window: match f.group_commit_window_us.unwrap_or(4000) {
                 us @ 0..=100_000 => Duration::from_micros(us),
                 us => bail!("group_commit_window_us must be at most 100000 (100 ms), not {us}"),
             },
@@ -513,7 +514,7 @@ price = 5000
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].2.amount, 10_000);
         assert_eq!(c.durability, Durability::Fsync);
-        assert_eq!(c.group_commit_window, Duration::from_micros(1000));
+        assert_eq!(c.group_commit_window, Duration::from_millis(4));
         assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
         assert!(matches!(c.facilitator, FacilitatorChoice::Local { .. }));
         let s = c.settlement.as_ref().unwrap();
@@ -525,9 +526,9 @@ price = 5000
     }
 
     #[test]
-    fn the_group_commit_window_defaults_to_one_millisecond_and_can_be_set() {
+    fn the_group_commit_window_defaults_to_four_milliseconds_and_can_be_set() {
         let window = |c: Config| c.group_commit_window;
-        assert_eq!(window(parse(GOOD).unwrap()), Duration::from_millis(1));
+        assert_eq!(window(parse(GOOD).unwrap()), Duration::from_millis(4));
         let set = parse(&GOOD.replace("data_dir = ", "group_commit_window_us = 250\ndata_dir = "))
             .unwrap();
         assert_eq!(window(set), Duration::from_micros(250));

@@ -22,6 +22,7 @@
 mod reads;
 pub mod codec;
 pub mod mem;
+mod pace;
 mod plan;
 pub mod sled_store;
 mod wal;

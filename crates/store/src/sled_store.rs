@@ -6,10 +6,11 @@
 //! (`<dir>/paychan-{0,1}.wal`, format in `wal.rs`) as one group with one `pwrite(2)`, makes it
 //! durable with one `fdatasync(2)`, publishes the writes to an in-memory overlay that every read
 //! consults before sled, and answers every waiter. Commits that arrive while a sync is under way
-//! form the next group by themselves, and a lone commit is written at once; under contention (two
-//! or more staged) the writer also waits out the rest of `group_window` since its last write, so
-//! that more commits share each `fdatasync` (BENCHMARKS.md §2 measures the trade). A commit's
-//! writes become visible to readers only once they are durable.
+//! form the next group. A lone commit is written at once; otherwise the writer lets commits gather
+//! so that more of them share each `fdatasync`: when a closed loop of channels is measured, until
+//! half of it is staged; else until `group_window` has passed since its last write (`pace.rs`;
+//! BENCHMARKS.md §2 measures the trade). A commit's writes become visible to readers only once
+//! they are durable.
 //!
 //! **Checkpoints.** sled is out of the request path. At a checkpoint (every `checkpoint_every`,
 //! when the log passes `checkpoint_bytes` or the overlay `checkpoint_keys`, and on close) the
@@ -50,6 +51,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     Error, Result, Store, StoreStats, WriteBatch, codec,
+    pace::Pacer,
     plan::{self, Plan},
     reads::Kv,
     wal::{self, Wal},
@@ -90,11 +92,11 @@ pub struct SledStoreConfig {
     pub durability: Durability,
     /// sled page cache size, bytes.
     pub cache_bytes: u64,
-    /// Under contention (two or more commits staged), the log is written at most once per this
-    /// window, so more commits share each `fdatasync`; a lone commit is written at once. This is
-    /// the most a commit waits for company. Default 1 ms: far below an inference call, and the
-    /// best measured throughput at 64 and 10,000 concurrent channels (BENCHMARKS.md). With
-    /// sub-millisecond handlers and a few dozen requests in flight, a shorter window serves more.
+    /// The longest a commit waits for others to share its log write (`fdatasync`). A lone
+    /// commit is written at once; a closed loop of channels is written once half of it waits
+    /// (the pacing rule is in `pace.rs`); otherwise the log is written at most once per window.
+    /// Default 4 ms: small next to an inference call, and it cuts syncs (and their CPU time)
+    /// fourfold against 1 ms when thousands of channels pay at once (BENCHMARKS.md §2).
     pub group_window: Duration,
     /// Checkpoint (write the overlay to sled, flush it, free a log file for reuse) at least this
     /// often while there are writes (default 5 s).
@@ -112,7 +114,7 @@ impl SledStoreConfig {
             path: path.into(),
             durability: Durability::Fsync,
             cache_bytes: 256 << 20,
-            group_window: Duration::from_millis(1),
+            group_window: Duration::from_millis(4),
             checkpoint_every: Duration::from_secs(5),
             checkpoint_bytes: 64 << 20,
             checkpoint_keys: 200_000,
@@ -166,8 +168,10 @@ struct Staged {
     failed: Option<Error>,
     /// Set on close: the writer writes what is staged, checkpoints and ends.
     closing: bool,
-    /// The writer sleeps on [`Shared::wake`]; only then does a commit signal it.
-    writer_idle: bool,
+    /// The writer sleeps on [`Shared::wake`] until this many commits are staged (1: it is idle);
+    /// the commit that reaches it signals. `usize::MAX` while it is busy; 0 (before the writer
+    /// first waits) signals every commit.
+    wake_at: usize,
 }
 
 /// What the callers and the log writer share.
@@ -246,6 +250,8 @@ struct Writer {
     checkpoint_bytes: u64,
     last_checkpoint: Instant,
     group_window: Duration,
+    /// When to write a group before its window ends.
+    pacer: Pacer,
     last_write: Instant,
     /// After an I/O failure nothing more may be acknowledged: the store fails closed.
     failed: Option<Error>,
@@ -355,6 +361,7 @@ impl SledStore {
             checkpoint_bytes: config.checkpoint_bytes,
             last_checkpoint: Instant::now(),
             group_window: config.group_window,
+            pacer: Pacer::new(),
             last_write: Instant::now(),
             failed: None,
             to_checkpointer: Some(to_checkpointer),
@@ -566,6 +573,8 @@ impl Writer {
                 break;
             };
             let result = self.write(&mut group.records);
+            let first_keys = group.writes.iter().filter_map(|w| w.keys().next());
+            self.pacer.observe(first_keys.map(Vec::as_slice));
             if result.is_ok()
                 && let Ok(mut o) = self.overlay.write()
             {
@@ -601,13 +610,25 @@ impl Writer {
         let mut st = self.shared.lock().ok()?;
         loop {
             if !st.records.is_empty() {
-                // Under contention, at most one log write per `group_window`: the commits
-                // arriving meanwhile share it, which saves syncs (and their CPU) per commit.
+                // Let commits gather (see `pace.rs`): until the measured loop's target is
+                // staged, or the window since the last write ends. A lone commit with no loop
+                // measured is written at once.
+                let staged = st.waiters.len();
                 let since = self.last_write.elapsed();
-                if st.waiters.len() >= 2 && !st.closing && since < self.group_window {
-                    drop(st);
-                    std::thread::sleep(self.group_window - since);
-                    st = self.shared.lock().ok()?;
+                let gather = match self.pacer.target() {
+                    Some(target) => staged < target,
+                    None => staged >= 2,
+                };
+                if gather && !st.closing && since < self.group_window {
+                    st.wake_at = self.pacer.target().unwrap_or(usize::MAX);
+                    st = self
+                        .shared
+                        .wake
+                        .wait_timeout(st, self.group_window - since)
+                        .ok()?
+                        .0;
+                    st.wake_at = usize::MAX;
+                    continue;
                 }
                 self.last_write = Instant::now();
                 let mut group = std::mem::take(&mut self.buffers);
@@ -634,9 +655,9 @@ impl Writer {
                     wait = Duration::from_millis(100);
                 }
             }
-            st.writer_idle = true;
+            st.wake_at = 1;
             st = self.shared.wake.wait_timeout(st, wait).ok()?.0;
-            st.writer_idle = false;
+            st.wake_at = usize::MAX;
         }
     }
 
@@ -900,7 +921,11 @@ impl Store for SledStore {
             st.records.extend_from_slice(&record);
             st.writes.push(writes);
             st.waiters.push(tx);
-            std::mem::take(&mut st.writer_idle)
+            let wake = st.waiters.len() >= st.wake_at;
+            if wake {
+                st.wake_at = usize::MAX;
+            }
+            wake
         };
         if wake {
             inner.shared.wake.notify_one();
