@@ -17,7 +17,10 @@
 //! ```
 //!
 //! `--channels` and `--durability` run one row of the throughput table; `N` may be any count.
-//! `PAYCHAN_BENCH_GROUP_WINDOW_US` overrides the store's group-commit window. The timed window
+//! `PAYCHAN_BENCH_REQUESTS` sets the requests per row (default 300,000; 20,000 with `--quick`),
+//! `PAYCHAN_BENCH_GROUP_WINDOW_US` overrides the store's group-commit window, and
+//! `PAYCHAN_BENCH_YIELD=1` makes every task yield after each request (what parking a request
+//! until later costs at that channel count, without any store). The timed window
 //! is announced on stderr (`TIMED START pid=…`) so that a profiler can attach to just that part.
 
 #![allow(
@@ -293,7 +296,7 @@ async fn throughput(
     let total: u64 = std::env::var("PAYCHAN_BENCH_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 20_000 } else { 100_000 });
+        .unwrap_or(if quick { 20_000 } else { 300_000 });
     let counts = only_channels.map_or_else(|| vec![1u64, 64, 10_000], |c| vec![c]);
     for channels in counts {
         let per = (total / channels).max(2);
@@ -383,8 +386,12 @@ async fn timed_run<S: Store + Clone + 'static>(
         let (e, o, mut go) = (e.clone(), s.offer.clone(), go_rx.clone());
         tasks.push(tokio::spawn(async move {
             let _ = go.wait_for(|g| *g).await;
+            let yield_after_each = std::env::var_os("PAYCHAN_BENCH_YIELD").is_some();
             for p in &v {
                 accept(&e, p, &o).await;
+                if yield_after_each {
+                    tokio::task::yield_now().await;
+                }
             }
         }));
     }

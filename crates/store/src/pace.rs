@@ -20,10 +20,9 @@
 //! the next group is written once half of it is staged; otherwise only the window (and the
 //! rule that a lone commit is written at once) applies.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
-};
+use std::hash::BuildHasher;
+
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 /// Keys remembered per generation: a loop of up to this many channels is measured (a larger
 /// one fills the window before half of it could be staged at any rate measured here).
@@ -35,8 +34,8 @@ pub(crate) struct Pacer {
     /// Commits observed so far.
     seq: u64,
     /// Fingerprint → position of its last commit, this generation and the one before.
-    recent: HashMap<u64, u64>,
-    older: HashMap<u64, u64>,
+    recent: FxHashMap<u64, u64>,
+    older: FxHashMap<u64, u64>,
     /// Staged commits at which the next group is written; `None`: no loop measured.
     target: Option<usize>,
 }
@@ -45,8 +44,8 @@ impl Pacer {
     pub(crate) fn new() -> Self {
         Self {
             seq: 0,
-            recent: HashMap::with_capacity(GENERATION),
-            older: HashMap::with_capacity(GENERATION),
+            recent: FxHashMap::with_capacity_and_hasher(GENERATION, FxBuildHasher),
+            older: FxHashMap::with_capacity_and_hasher(GENERATION, FxBuildHasher),
             target: None,
         }
     }
@@ -88,8 +87,8 @@ impl Pacer {
 }
 
 fn fingerprint(key: &[u8]) -> u64 {
-    // A fixed-key SipHash: no randomness needed, a collision only misjudges one commit.
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+    // A fast unkeyed hash: nothing adversarial here, a collision only misjudges one commit.
+    FxBuildHasher.hash_one(key)
 }
 
 #[cfg(test)]

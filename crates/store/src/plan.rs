@@ -8,20 +8,33 @@ use std::collections::BTreeMap;
 
 use crate::{Aggregate, AggregateOp, WriteBatch, codec};
 
-/// Pending writes: key → new value, or `None` to delete.
-pub(crate) type Plan = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// A batch's writes in order: key → new value, or `None` to delete; a later write of a key wins.
+/// A list, not a map: most commits write one key, and a map's node per commit is an allocation
+/// (and a free on the log writer's thread) for nothing.
+pub(crate) type Plan = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Writes merged by key: each key's newest value (`None`: deleted).
+pub(crate) type Merged = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// `batch`'s writes.
 pub(crate) fn of(batch: &WriteBatch) -> Plan {
-    let mut plan = Plan::new();
+    let mut plan = Plan::with_capacity(
+        batch.channels.len()
+            + batch.remove_channels.len()
+            + batch.aggregates.len()
+            + batch.journal.len()
+            + batch.payer_channels.len()
+            + batch.remove_payer_channels.len()
+            + batch.meta.len(),
+    );
     for r in &batch.channels {
-        plan.insert(
+        plan.push((
             codec::channel_key(&r.channel_id).to_vec(),
             Some(codec::encode_channel(r)),
-        );
+        ));
     }
     for id in &batch.remove_channels {
-        plan.insert(codec::channel_key(id).to_vec(), None);
+        plan.push((codec::channel_key(id).to_vec(), None));
     }
     for (receiver, token, op) in &batch.aggregates {
         let key = codec::aggregate_key(receiver, token).to_vec();
@@ -31,25 +44,25 @@ pub(crate) fn of(batch: &WriteBatch) -> Plan {
             claimed,
             settled,
         };
-        plan.insert(key, Some(codec::encode_json(&agg)));
+        plan.push((key, Some(codec::encode_json(&agg))));
     }
     for e in &batch.journal {
-        plan.insert(
+        plan.push((
             codec::journal_key(e.id).to_vec(),
             Some(codec::encode_json(e)),
-        );
+        ));
     }
     for p in &batch.payer_channels {
-        plan.insert(
+        plan.push((
             codec::payer_key(&p.channel_id).to_vec(),
             Some(codec::encode_json(p)),
-        );
+        ));
     }
     for id in &batch.remove_payer_channels {
-        plan.insert(codec::payer_key(id).to_vec(), None);
+        plan.push((codec::payer_key(id).to_vec(), None));
     }
     for (name, value) in &batch.meta {
-        plan.insert(codec::meta_key(name), Some(value.clone()));
+        plan.push((codec::meta_key(name), Some(value.clone())));
     }
     plan
 }

@@ -52,7 +52,7 @@ use tokio::sync::oneshot;
 use crate::{
     Error, Result, Store, StoreStats, WriteBatch, codec,
     pace::Pacer,
-    plan::{self, Plan},
+    plan::{self, Merged, Plan},
     reads::Kv,
     wal::{self, Wal},
 };
@@ -126,9 +126,9 @@ impl SledStoreConfig {
 #[derive(Default)]
 struct Layers {
     /// Since the last checkpoint began.
-    active: Plan,
+    active: Merged,
     /// Being checkpointed into sled (empty when no checkpoint runs); older than `active`.
-    frozen: Arc<Plan>,
+    frozen: Arc<Merged>,
 }
 
 impl Layers {
@@ -139,7 +139,7 @@ impl Layers {
 
     /// The newest writes of the keys in `range`, in key order.
     fn range(&self, range: std::ops::Range<Vec<u8>>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut merged: Plan = self
+        let mut merged: Merged = self
             .frozen
             .range(range.clone())
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -278,7 +278,7 @@ struct Group {
 
 /// A checkpoint for the checkpoint thread: frozen writes and the log file that holds them.
 struct Checkpoint {
-    frozen: Arc<Plan>,
+    frozen: Arc<Merged>,
     wal: Option<Wal>,
     /// The store is closing: give up after a failure instead of retrying (the log files keep
     /// everything; the next open replays them).
@@ -490,7 +490,7 @@ fn read_through(db: &sled::Db, overlay: &Overlay, key: &[u8]) -> Result<Option<V
 
 /// Applies `p` to sled in one batch, with the newest generation of the log it comes from (so
 /// that the log is never replayed over it).
-fn apply_checkpoint(db: &sled::Db, p: &Plan, generation: Option<u64>) -> Result<()> {
+fn apply_checkpoint(db: &sled::Db, p: &Merged, generation: Option<u64>) -> Result<()> {
     let mut sb = sled::Batch::default();
     for (k, v) in p {
         match v {
@@ -532,7 +532,7 @@ fn make_durable(db: &sled::Db, data_file: Option<&File>) -> Result<()> {
 
 /// Logged generations merged oldest first (the newest write of each key wins): the newest
 /// generation, how many groups or records they held, and their writes.
-fn in_generation_order(mut logged: Vec<(u64, Vec<Plan>)>) -> (Option<u64>, usize, Plan) {
+fn in_generation_order(mut logged: Vec<(u64, Vec<Plan>)>) -> (Option<u64>, usize, Merged) {
     logged.sort_by_key(|(generation, _)| *generation);
     let newest = logged.last().map(|(generation, _)| *generation);
     let count = logged.iter().map(|(_, plans)| plans.len()).sum();
@@ -573,8 +573,8 @@ impl Writer {
                 break;
             };
             let result = self.write(&mut group.records);
-            let first_keys = group.writes.iter().filter_map(|w| w.keys().next());
-            self.pacer.observe(first_keys.map(Vec::as_slice));
+            let first_keys = group.writes.iter().filter_map(|w| w.first());
+            self.pacer.observe(first_keys.map(|(k, _)| k.as_slice()));
             if result.is_ok()
                 && let Ok(mut o) = self.overlay.write()
             {
@@ -793,7 +793,7 @@ impl Checkpointer {
 
     /// Writes `frozen` to sled durably, with the generation of the log file that held it: from
     /// then on that file may be written over.
-    fn checkpoint(&mut self, frozen: &Plan, wal: Option<&mut Wal>) -> Result<()> {
+    fn checkpoint(&mut self, frozen: &Merged, wal: Option<&mut Wal>) -> Result<()> {
         let generation = wal.as_ref().map(|w| w.generation());
         apply_checkpoint(&self.db, frozen, generation)?;
         make_durable(&self.db, self.data_file.as_ref())?;
@@ -903,8 +903,6 @@ impl Store for SledStore {
             inner.shared.batches.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let mut record = Vec::with_capacity(512);
-        wal::entries(&writes, &mut record)?;
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut st = inner.shared.lock()?;
@@ -914,11 +912,16 @@ impl Store for SledStore {
             if st.closing {
                 return Err(Error::Closed);
             }
-            if st.records.is_empty() {
+            let staged = st.records.len();
+            if staged == 0 {
                 // room for the group's header, which the log writer fills in
                 st.records.resize(wal::GROUP_HEADER, 0);
             }
-            st.records.extend_from_slice(&record);
+            // Encoded in place (a few hundred bytes: cheaper than a buffer of its own).
+            if let Err(e) = wal::entries(&writes, &mut st.records) {
+                st.records.truncate(staged);
+                return Err(e);
+            }
             st.writes.push(writes);
             st.waiters.push(tx);
             let wake = st.waiters.len() >= st.wake_at;

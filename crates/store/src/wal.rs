@@ -312,10 +312,10 @@ fn decode(mut b: &[u8]) -> Option<Plan> {
         let vlen = u32::from_le_bytes(take(4, &mut b)?.try_into().ok()?) as usize;
         let val = take(vlen, &mut b)?;
         match op {
-            1 => plan.insert(key, Some(val)),
-            0 => plan.insert(key, None),
+            1 => plan.push((key, Some(val))),
+            0 => plan.push((key, None)),
             _ => return None,
-        };
+        }
     }
     Some(plan)
 }
@@ -327,8 +327,8 @@ mod tests {
 
     fn plan(n: u8) -> Plan {
         let mut p = Plan::new();
-        p.insert(vec![b'c', n], Some(vec![n; 40]));
-        p.insert(vec![b'x', n], None);
+        p.push((vec![b'c', n], Some(vec![n; 40])));
+        p.push((vec![b'x', n], None));
         p
     }
 
@@ -340,13 +340,14 @@ mod tests {
         g
     }
 
-    /// What the file holds, as its generation and one merged plan per group.
+    /// What the file holds, as its generation and each group's writes in order.
     fn read(path: &Path) -> Option<(u64, Vec<Plan>)> {
         Wal::open(path.to_path_buf()).unwrap().read(0).unwrap()
     }
 
+    /// A group's writes as read back: its commits' writes in order.
     fn merged(plans: &[Plan]) -> Plan {
-        plans.iter().flat_map(|p| p.clone()).collect()
+        plans.concat()
     }
 
     #[test]
@@ -401,7 +402,7 @@ mod tests {
         // a group larger than a step grows the file to the step after its end
         w.write(&mut group(&[plan(7)]), false).unwrap();
         let mut big = Plan::new();
-        big.insert(b"k".to_vec(), Some(vec![1; STEP_BYTES + 10]));
+        big.push((b"k".to_vec(), Some(vec![1; STEP_BYTES + 10])));
         w.write(&mut group(&[big.clone()]), true).unwrap();
         assert_eq!(
             read(&path).map(|(g, p)| (g, p.len())),
