@@ -326,10 +326,7 @@ mod tests {
     use super::*;
 
     fn plan(n: u8) -> Plan {
-        let mut p = Plan::new();
-        p.push((vec![b'c', n], Some(vec![n; 40])));
-        p.push((vec![b'x', n], None));
-        p
+        vec![(vec![b'c', n], Some(vec![n; 40])), (vec![b'x', n], None)]
     }
 
     fn group(plans: &[Plan]) -> Vec<u8> {
@@ -401,8 +398,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), STEP);
         // a group larger than a step grows the file to the step after its end
         w.write(&mut group(&[plan(7)]), false).unwrap();
-        let mut big = Plan::new();
-        big.push((b"k".to_vec(), Some(vec![1; STEP_BYTES + 10])));
+        let big: Plan = vec![(b"k".to_vec(), Some(vec![1; STEP_BYTES + 10]))];
         w.write(&mut group(&[big.clone()]), true).unwrap();
         assert_eq!(
             read(&path).map(|(g, p)| (g, p.len())),
