@@ -399,7 +399,8 @@ mod tests {
         // a group larger than a step grows the file to the step after its end
         w.write(&mut group(&[plan(7)]), false).unwrap();
         let big: Plan = vec![(b"k".to_vec(), Some(vec![1; STEP_BYTES + 10]))];
-        w.write(&mut group(&[big.clone()]), true).unwrap();
+        w.write(&mut group(std::slice::from_ref(&big)), true)
+            .unwrap();
         assert_eq!(
             read(&path).map(|(g, p)| (g, p.len())),
             Some((5, 3)),
