@@ -293,10 +293,8 @@ async fn throughput(
         "| channels | durability | requests | accepts/s | bare checks/s | vs bare | CPU busy | of it store threads | commit groups | requests/group | avg commit µs |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let total: u64 = std::env::var("PAYCHAN_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 20_000 } else { 300_000 });
+    let total: u64 =
+        env_number("PAYCHAN_BENCH_REQUESTS").unwrap_or(if quick { 20_000 } else { 300_000 });
     let counts = only_channels.map_or_else(|| vec![1u64, 64, 10_000], |c| vec![c]);
     for channels in counts {
         let per = (total / channels).max(2);
@@ -323,10 +321,7 @@ async fn throughput(
                 StoreKind::Sled(durability) => {
                     let mut sc = SledStoreConfig::new(dir.path().join("db"));
                     sc.durability = durability;
-                    if let Some(us) = std::env::var("PAYCHAN_BENCH_GROUP_WINDOW_US")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                    {
+                    if let Some(us) = env_number("PAYCHAN_BENCH_GROUP_WINDOW_US") {
                         sc.group_window = Duration::from_micros(us);
                     }
                     timed_run(s, SledStore::open(sc).unwrap(), &payloads, backend).await
@@ -382,11 +377,11 @@ async fn timed_run<S: Store + Clone + 'static>(
     let n: usize = work.iter().map(Vec::len).sum();
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let yield_after_each = std::env::var_os("PAYCHAN_BENCH_YIELD").is_some();
     for v in work {
         let (e, o, mut go) = (e.clone(), s.offer.clone(), go_rx.clone());
         tasks.push(tokio::spawn(async move {
             let _ = go.wait_for(|g| *g).await;
-            let yield_after_each = std::env::var_os("PAYCHAN_BENCH_YIELD").is_some();
             for p in &v {
                 accept(&e, p, &o).await;
                 if yield_after_each {
@@ -428,6 +423,11 @@ async fn timed_run<S: Store + Clone + 'static>(
             / 1e3
             / (e.metrics().committed.load(relaxed) - n0).max(1) as f64,
     }
+}
+
+/// A number from the environment variable `name`, if set and valid.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// User + system CPU seconds used by this process so far.

@@ -615,12 +615,13 @@ impl Writer {
                 // measured is written at once.
                 let staged = st.waiters.len();
                 let since = self.last_write.elapsed();
-                let gather = match self.pacer.target() {
+                let target = self.pacer.target();
+                let gather = match target {
                     Some(target) => staged < target,
                     None => staged >= 2,
                 };
                 if gather && !st.closing && since < self.group_window {
-                    st.wake_at = self.pacer.target().unwrap_or(usize::MAX);
+                    st.wake_at = target.unwrap_or(usize::MAX);
                     st = self
                         .shared
                         .wake

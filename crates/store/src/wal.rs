@@ -100,7 +100,7 @@ impl Wal {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(io("reading", &self.path, e)),
         }
-        let first_generation = u64::from_le_bytes(first[8..16].try_into().unwrap_or_default());
+        let first_generation = u64_at(&first, 8);
         if u32_at(&first, 0) != GROUP_MAGIC || first_generation <= after {
             // Not a group, or a turn sled holds (if this header is what is left of a newer turn
             // whose first write tore, that turn acknowledged nothing).
@@ -113,7 +113,7 @@ impl Wal {
         while bytes.len() - at >= GROUP_HEADER {
             let h = &bytes[at..at + GROUP_HEADER];
             let len = u32_at(h, 4) as usize;
-            let g = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+            let g = u64_at(h, 8);
             if u32_at(h, 0) != GROUP_MAGIC
                 || len > MAX_GROUP
                 || bytes.len() - at - GROUP_HEADER < len
@@ -240,7 +240,7 @@ impl Wal {
         {
             return Ok(None);
         }
-        let generation = u64::from_le_bytes(bytes[4..12].try_into().unwrap_or_default());
+        let generation = u64_at(&bytes, 4);
         let mut at = 16;
         while bytes.len() - at >= 12 {
             let (magic, len, crc) = (
@@ -267,6 +267,10 @@ impl Wal {
 
 fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from(u32_at(b, i)) | (u64::from(u32_at(b, i + 4)) << 32)
 }
 
 fn checksum(generation: u64, payload: &[u8]) -> u32 {

@@ -7,6 +7,14 @@ use paychan_store::{Durability, SledStore, SledStoreConfig, Store, WriteBatch, c
 
 use crate::conformance::record;
 
+/// Opens the sled database at `path` directly (as another program would), applies `edit` and
+/// flushes it.
+fn edit_sled(path: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
+    let db = sled::open(path).unwrap();
+    edit(&db);
+    db.flush().unwrap();
+}
+
 #[tokio::test]
 async fn committed_writes_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -30,26 +38,22 @@ async fn committed_writes_survive_reopen() {
 async fn a_newer_or_foreign_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    {
-        let db = sled::open(&path).unwrap();
+    edit_sled(&path, |db| {
         db.insert(
             codec::meta_key(codec::FORMAT_KEY),
             &(codec::DB_FORMAT + 1).to_be_bytes(),
         )
         .unwrap();
-        db.flush().unwrap();
-    }
+    });
     let err = SledStore::open(SledStoreConfig::new(&path))
         .unwrap_err()
         .to_string();
     assert!(err.contains("newer paychan"), "{err}");
 
     let foreign = dir.path().join("foreign");
-    {
-        let db = sled::open(&foreign).unwrap();
+    edit_sled(&foreign, |db| {
         db.insert(b"someone else's key", b"v").unwrap();
-        db.flush().unwrap();
-    }
+    });
     let err = SledStore::open(SledStoreConfig::new(&foreign))
         .unwrap_err()
         .to_string();
@@ -64,14 +68,12 @@ async fn a_record_of_an_unknown_format_is_an_error_not_a_guess() {
         let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
         s.commit(WriteBatch::channel(record(1, 42))).await.unwrap();
     }
-    {
-        let db = sled::open(&path).unwrap();
+    edit_sled(&path, |db| {
         let key = codec::channel_key(&B256::repeat_byte(1));
         let mut v = db.get(key).unwrap().unwrap().to_vec();
         v[0] = 9;
         db.insert(key, v).unwrap();
-        db.flush().unwrap();
-    }
+    });
     let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
     let err = s
         .channel(B256::repeat_byte(1))
@@ -188,12 +190,10 @@ async fn a_format1_store_is_migrated_with_its_log_replayed() {
     }
     // turn it into what format 1 left after a crash: format number 1, and a log file (header,
     // then one record) holding a commit sled does not have
-    {
-        let db = sled::open(&path).unwrap();
+    edit_sled(&path, |db| {
         db.insert(codec::meta_key(codec::FORMAT_KEY), &1u32.to_be_bytes())
             .unwrap();
-        db.flush().unwrap();
-    }
+    });
     let r = record(2, 77);
     let (key, value) = (codec::channel_key(&r.channel_id), codec::encode_channel(&r));
     let mut payload = vec![1u8];
