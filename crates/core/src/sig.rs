@@ -18,8 +18,9 @@ use k256::{
     ecdsa::{RecoveryId, Signature as KSig, SigningKey, VerifyingKey},
     elliptic_curve::{
         PrimeField,
-        ops::{LinearCombination, Reduce},
+        ops::{MulByGeneratorVartime, Reduce},
         point::AffineCoordinates,
+        scalar::IsHigh,
     },
 };
 
@@ -81,7 +82,7 @@ impl Signature {
         r.copy_from_slice(&b[..32]);
         s.copy_from_slice(&b[32..64]);
         let sig = KSig::from_scalars(r, s).map_err(|_| SigError::OutOfRange)?;
-        if sig.normalize_s().is_some() {
+        if bool::from(sig.s().is_high()) {
             return Err(SigError::HighS);
         }
         Ok(Self { r, s, parity })
@@ -171,7 +172,7 @@ impl Backend {
                 let (ks, rid) = sig.k256()?;
                 let vk = VerifyingKey::recover_from_prehash(digest.as_slice(), &ks, rid)
                     .map_err(|_| SigError::Mismatch)?;
-                let point = vk.to_encoded_point(false);
+                let point = vk.to_sec1_point(false);
                 let address = address_of_xy(&point.as_bytes()[1..]);
                 Ok(SignerKey {
                     address,
@@ -240,16 +241,17 @@ fn k256_verify_with_parity(
     let r: Option<Scalar> = Scalar::from_repr(sig.r.into()).into();
     let s: Option<Scalar> = Scalar::from_repr(sig.s.into()).into();
     let (r, s) = r.zip(s).ok_or(SigError::OutOfRange)?;
-    let s_inv: Option<Scalar> = s.invert().into();
+    let s_inv: Option<Scalar> = s.invert_vartime().into();
     let s_inv = s_inv.ok_or(SigError::OutOfRange)?;
     if bool::from(r.is_zero()) {
         return Err(SigError::OutOfRange);
     }
-    let z = <Scalar as Reduce<k256::U256>>::reduce_bytes(&digest.0.into());
+    let z = <Scalar as Reduce<k256::FieldBytes>>::reduce(&digest.0.into());
     let u1 = z * s_inv;
     let u2 = r * s_inv;
+    // Variable time is fine here: every input (digest, signature, public key) is public.
     let big_r: AffinePoint =
-        ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, q, &u2).to_affine();
+        ProjectivePoint::mul_by_generator_and_mul_add_vartime(&u1, &u2, q).to_affine();
     if big_r == AffinePoint::IDENTITY {
         return Err(SigError::Mismatch);
     }
@@ -299,7 +301,7 @@ impl LocalSigner {
     /// From 32 secret bytes.
     pub fn from_bytes(secret: &B256) -> Result<Self, SigError> {
         let key = SigningKey::from_bytes(&secret.0.into()).map_err(|_| SigError::BadKey)?;
-        let point = key.verifying_key().to_encoded_point(false);
+        let point = key.verifying_key().to_sec1_point(false);
         let address = address_of_xy(&point.as_bytes()[1..]);
         Ok(Self { key, address })
     }
@@ -321,14 +323,12 @@ impl LocalSigner {
 
     /// Signs a 32-byte digest; the result is low-s with `v` ∈ {27, 28}.
     pub fn sign_digest(&self, digest: &B256) -> Result<Signature, SigError> {
-        let (sig, rid) = self
-            .key
-            .sign_prehash_recoverable(digest.as_slice())
-            .map_err(|_| SigError::BadKey)?;
+        let (sig, rid) = self.key.sign_prehash_recoverable(digest.as_slice());
         // k256 signs with low s already; normalizing again keeps the invariant explicit.
-        let (sig, parity) = match sig.normalize_s() {
-            Some(n) => (n, rid.to_byte() ^ 1),
-            None => (sig, rid.to_byte()),
+        let (sig, parity) = if bool::from(sig.s().is_high()) {
+            (sig.normalize_s(), rid.to_byte() ^ 1)
+        } else {
+            (sig, rid.to_byte())
         };
         let (r, s) = sig.split_bytes();
         Ok(Signature {
@@ -343,7 +343,6 @@ impl LocalSigner {
 mod tests {
     use super::*;
     use alloy_primitives::b256;
-    use k256::elliptic_curve::bigint::Encoding;
 
     fn key() -> LocalSigner {
         // anvil account #1
@@ -418,6 +417,39 @@ mod tests {
         let mut v0 = sig;
         v0[64] -= 27;
         assert_eq!(Signature::from_bytes(&v0).unwrap().to_bytes(), sig);
+    }
+
+    /// The k256 paths (variable-time recovery and warm check) agree with libsecp256k1 over many
+    /// keys and digests, on good signatures and on signatures for another digest.
+    #[cfg(feature = "secp256k1")]
+    #[test]
+    fn backends_agree_over_many_keys() {
+        for i in 0u32..300 {
+            let secret = keccak256(i.to_be_bytes());
+            let Ok(signer) = LocalSigner::from_bytes(&secret) else {
+                continue;
+            };
+            let digest = keccak256(secret);
+            let other = keccak256(digest);
+            let sig = signer.sign_digest(&digest).unwrap();
+            let k = Backend::K256.recover(&digest, &sig).unwrap();
+            let l = Backend::Libsecp256k1.recover(&digest, &sig).unwrap();
+            assert_eq!(k.address(), signer.address());
+            assert_eq!(l.address(), signer.address());
+            Backend::K256.verify(&digest, &sig, &k).unwrap();
+            Backend::Libsecp256k1.verify(&digest, &sig, &l).unwrap();
+            // The same signature over another digest recovers someone else (or nobody) on both.
+            let k_other = Backend::K256.recover(&other, &sig).map(|k| k.address());
+            let l_other = Backend::Libsecp256k1
+                .recover(&other, &sig)
+                .map(|k| k.address());
+            assert_eq!(k_other, l_other);
+            assert_ne!(k_other, Ok(signer.address()));
+            assert_eq!(
+                Backend::K256.verify(&other, &sig, &k),
+                Err(SigError::Mismatch)
+            );
+        }
     }
 
     #[test]
