@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cargo bench -p paychan-benches --bench engine_load -- [throughput|scale|all] [--backend k256|libsecp256k1] [--quick]
+//!     (k256, the server's default, unless `--backend` says otherwise)
 //!     [--channels N] [--durability fsync|flush|none|memory]
 //! ```
 //!
@@ -669,8 +670,9 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
     {
-        Some("k256") => Backend::K256,
-        Some("libsecp256k1") | None => Backend::Libsecp256k1,
+        // The server's backend unless told otherwise.
+        Some("k256") | None => Backend::K256,
+        Some("libsecp256k1") => Backend::Libsecp256k1,
         Some(other) => panic!("unknown backend {other}"),
     };
     let scenario = args
