@@ -1,6 +1,7 @@
 //! Criterion benchmarks of paychan-core's hot path: the voucher signature check (cold: recover;
-//! warm: against the cached key) per backend, header decoding, and the whole accept decision
-//! (decode → bind → check → commit) with the warm key. Figures go to BENCHMARKS.md.
+//! warm: against the cached key) per backend, signing a voucher (the payer), header decoding,
+//! and the whole accept decision (decode → bind → check → commit) with the warm key. Figures go
+//! to BENCHMARKS.md.
 //!
 //! Run: `cargo bench -p paychan-benches --bench core`
 
@@ -37,6 +38,10 @@ fn signatures(c: &mut Criterion) {
             })
         });
     }
+    // The payer's side: signing the next voucher (k256, constant time, RFC 6979).
+    g.bench_function("sign_voucher", |bch| {
+        bch.iter(|| s.payer.sign_digest(black_box(&digest)).unwrap())
+    });
     g.bench_function("parse_65_bytes", |bch| {
         bch.iter(|| Signature::from_bytes(black_box(&v.signature)).unwrap())
     });
