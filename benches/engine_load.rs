@@ -13,10 +13,10 @@
 //!
 //! ```text
 //! cargo bench -p paychan-benches --bench engine_load -- [throughput|scale|all] [--backend k256|libsecp256k1] [--quick]
-//!     (k256, the server's default, unless `--backend` says otherwise)
 //!     [--channels N] [--durability fsync|flush|none|memory]
 //! ```
 //!
+//! The backend is k256, the server's, unless `--backend` says otherwise.
 //! `--channels` and `--durability` run one row of the throughput table; `N` may be any count.
 //! `PAYCHAN_BENCH_REQUESTS` sets the requests per row (default 300,000; 20,000 with `--quick`),
 //! `PAYCHAN_BENCH_GROUP_WINDOW_US` overrides the store's group-commit window, and

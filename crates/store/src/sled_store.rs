@@ -820,17 +820,14 @@ fn open_sled(config: &SledStoreConfig) -> Result<sled::Db> {
             .open()
         {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < LOCK_WAIT =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                return Err(Error::Io(format!(
-                    "opening {}: {e} (is another paychan using this data directory?)",
-                    config.path.display()
-                )));
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(Error::Io(format!(
+                        "opening {}: {e} (is another paychan using this data directory?)",
+                        config.path.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => {
                 return Err(Error::Io(format!("opening {}: {e}", config.path.display())));

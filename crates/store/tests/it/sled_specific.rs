@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use alloy_primitives::B256;
+use paychan_core::batch::payee::ChannelRecord;
 use paychan_store::{Durability, SledStore, SledStoreConfig, Store, WriteBatch, codec};
 
 use crate::conformance::record;
@@ -15,14 +16,17 @@ fn edit_sled(path: &std::path::Path, edit: impl FnOnce(&sled::Db)) {
     db.flush().unwrap();
 }
 
+/// Creates a store at `path` holding one committed channel record, and closes it.
+async fn closed_store_with(path: &std::path::Path, r: ChannelRecord) {
+    let s = SledStore::open(SledStoreConfig::new(path)).unwrap();
+    s.commit(WriteBatch::channel(r)).await.unwrap();
+}
+
 #[tokio::test]
 async fn committed_writes_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    {
-        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
-        s.commit(WriteBatch::channel(record(1, 42))).await.unwrap();
-    }
+    closed_store_with(&path, record(1, 42)).await;
     let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
     assert_eq!(
         s.channel(B256::repeat_byte(1))
@@ -64,10 +68,7 @@ async fn a_newer_or_foreign_database_is_refused() {
 async fn a_record_of_an_unknown_format_is_an_error_not_a_guess() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    {
-        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
-        s.commit(WriteBatch::channel(record(1, 42))).await.unwrap();
-    }
+    closed_store_with(&path, record(1, 42)).await;
     edit_sled(&path, |db| {
         let key = codec::channel_key(&B256::repeat_byte(1));
         let mut v = db.get(key).unwrap().unwrap().to_vec();
@@ -184,10 +185,7 @@ async fn commits_go_through_the_write_ahead_log_and_a_clean_close_checkpoints_it
 async fn a_format1_store_is_migrated_with_its_log_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    {
-        let s = SledStore::open(SledStoreConfig::new(&path)).unwrap();
-        s.commit(WriteBatch::channel(record(1, 5))).await.unwrap();
-    }
+    closed_store_with(&path, record(1, 5)).await;
     // turn it into what format 1 left after a crash: format number 1, and a log file (header,
     // then one record) holding a commit sled does not have
     edit_sled(&path, |db| {
