@@ -9,6 +9,7 @@
 //! | [`error_code`] | every x402 and batch-settlement error code as an enum |
 //! | [`amount`] | strict decimal amounts (`u128` / `U256`) |
 //! | [`network`] | CAIP-2 networks |
+//! | [`redact`] | URLs (which may embed API keys) cut out of error text before it is logged |
 //! | [`sig`] | secp256k1 signatures: parse, recover, verify against a cached key, sign |
 //! | [`batch`] | the `batch-settlement` EVM scheme: types, EIP-712, payee and payer state machines |
 
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod error_code;
 pub mod hexser;
 pub mod network;
+pub mod redact;
 pub mod rejection;
 pub mod sig;
 pub mod x402;
