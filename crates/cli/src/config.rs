@@ -36,8 +36,16 @@ pub(crate) struct File {
     pub(crate) checkpoint_interval_ms: Option<u64>,
     /// Upstream base URL, or `demo` for the built-in demo upstream.
     pub(crate) upstream: String,
-    /// Upstream request timeout, seconds (default 120).
+    /// Upstream read-idle timeout: no byte from the upstream for this long fails the request or
+    /// ends its stream, seconds (default 120). Not a total: a long paid stream is never cut.
     pub(crate) upstream_timeout_secs: Option<u64>,
+    /// Upstream connect timeout, seconds (default 10).
+    pub(crate) upstream_connect_timeout_secs: Option<u64>,
+    /// Where operational data (`/metrics`, `/health`) is served: an address (default
+    /// `127.0.0.1:9402`, loopback) or `"off"`. Never the paid port.
+    pub(crate) operator_listen: Option<String>,
+    /// Connection hygiene of the paid port.
+    pub(crate) limits: Option<LimitsSection>,
     /// How old mirrored chain state may be for a local voucher check, seconds (default 30).
     pub(crate) max_onchain_age_secs: Option<u64>,
     /// How long a request waits for a busy channel, milliseconds (default 250).
@@ -53,6 +61,9 @@ pub(crate) struct File {
     /// Paid routes.
     #[serde(rename = "route", default)]
     pub(crate) routes: Vec<RouteSection>,
+    /// Routes proxied without payment; every path that is neither paid nor free gets `404`.
+    #[serde(rename = "free_route", default)]
+    pub(crate) free_routes: Vec<FreeRouteSection>,
     /// Who executes deposits and refunds (absent: nobody; clients must open channels elsewhere).
     pub(crate) facilitator: Option<FacilitatorSection>,
     /// Claiming and settling on chain (absent: this server does not claim; something else must).
@@ -157,6 +168,32 @@ pub(crate) struct RouteSection {
     pub(crate) description: Option<String>,
 }
 
+/// `[[free_route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FreeRouteSection {
+    /// Path; a trailing `*` matches a prefix.
+    pub(crate) path: String,
+    /// HTTP method (any if absent).
+    pub(crate) method: Option<String>,
+}
+
+/// `[limits]`: connection hygiene of the paid port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    /// Longest wait for a complete request head, milliseconds (default 10000).
+    pub(crate) header_read_timeout_ms: Option<u64>,
+    /// A connection on which no byte moves for this long is closed, seconds (default 60).
+    pub(crate) idle_timeout_secs: Option<u64>,
+    /// Connections at once (default 4096); past it `503` + `Retry-After`.
+    pub(crate) max_connections: Option<usize>,
+    /// Requests in flight at once, streams included (default 1024); past it `503`.
+    pub(crate) max_in_flight: Option<usize>,
+    /// Largest request body, bytes (default 1048576).
+    pub(crate) max_body_bytes: Option<usize>,
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -172,8 +209,16 @@ pub(crate) struct Config {
     pub(crate) checkpoint_interval: Duration,
     /// Upstream: `None` = demo.
     pub(crate) upstream: Option<String>,
-    /// Upstream timeout.
-    pub(crate) upstream_timeout: Duration,
+    /// Upstream read-idle and connect timeouts.
+    pub(crate) upstream_timeouts: paychan_server::proxy::ProxyTimeouts,
+    /// The operator listener, if any.
+    pub(crate) operator_listen: Option<SocketAddr>,
+    /// Free routes: (method, path).
+    pub(crate) free_routes: Vec<paychan_server::RoutePattern>,
+    /// Connection limits of the paid port.
+    pub(crate) limits: paychan_service::Limits,
+    /// Largest request body, bytes.
+    pub(crate) max_body_bytes: usize,
     /// Freshness bound of mirrored state.
     pub(crate) max_onchain_age: Duration,
     /// Busy wait.
@@ -217,9 +262,10 @@ pub(crate) const RECEIVER_AUTHORIZER_KEY_ENV: &str = "PAYCHAN_RECEIVER_AUTHORIZE
 /// content.
 pub(crate) fn load_key(file: Option<&std::path::Path>, env: &str) -> Result<Option<LocalSigner>> {
     let (text, source) = match file {
+        // A key file that group or others may read is refused, as ssh refuses one.
         Some(p) => (
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading key file {}", p.display()))?,
+            paychan_service::read_secret_file(p)
+                .map_err(|e| anyhow::anyhow!("reading key file {e}"))?,
             format!("key file {}", p.display()),
         ),
         None => match std::env::var(env) {
@@ -229,6 +275,26 @@ pub(crate) fn load_key(file: Option<&std::path::Path>, env: &str) -> Result<Opti
     };
     LocalSigner::from_hex(text.trim()).map(Some).map_err(|_| {
         anyhow::anyhow!("{source} does not hold a valid secp256k1 private key (64 hex digits)")
+    })
+}
+
+/// A route pattern, refused when its path could never match a request (not normalised) or its
+/// method is not a method.
+fn pattern(method: Option<&str>, path: &str, what: &str) -> Result<paychan_server::RoutePattern> {
+    if !path.starts_with('/') {
+        bail!("{what} path {path:?} must start with /");
+    }
+    let method = match method {
+        Some(m) => Some(
+            m.parse::<http::Method>()
+                .ok()
+                .filter(|_| !m.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("{what} {path}: {m:?} is not an HTTP method"))?,
+        ),
+        None => None,
+    };
+    paychan_server::RoutePattern::new(method, path).map_err(|e| {
+        anyhow::anyhow!("{what} path {path:?} is not in normalised form ({e}): write it as requests are routed, e.g. without // or dot segments")
     })
 }
 
@@ -328,9 +394,7 @@ impl Config {
         }
         let mut routes = Vec::new();
         for r in &f.routes {
-            if !r.path.starts_with('/') {
-                bail!("route path {:?} must start with /", r.path);
-            }
+            pattern(r.method.as_deref(), &r.path, "route")?;
             let amount = price(&r.price, &format!("route {}: price", r.path))?;
             if amount == 0 {
                 bail!("route {}: price must be positive", r.path);
@@ -350,6 +414,53 @@ impl Config {
                 r.description.clone(),
             ));
         }
+        let free_routes = f
+            .free_routes
+            .iter()
+            .map(|r| pattern(r.method.as_deref(), &r.path, "free_route"))
+            .collect::<Result<Vec<_>>>()?;
+        let operator_listen = match f.operator_listen.as_deref().unwrap_or("127.0.0.1:9402") {
+            "off" => None,
+            a => Some(a.parse::<SocketAddr>().with_context(|| {
+                format!(
+                    "operator_listen must be an address like 127.0.0.1:9402 or \"off\", not {a:?}"
+                )
+            })?),
+        };
+        let l = f.limits.as_ref();
+        let defaults = paychan_service::Limits::default();
+        let positive = |v: Option<usize>, d: usize, what: &str| match v {
+            Some(0) => bail!("limits.{what} must be at least 1"),
+            Some(n) => Ok(n),
+            None => Ok(d),
+        };
+        let limits = paychan_service::Limits {
+            header_read_timeout: l
+                .and_then(|l| l.header_read_timeout_ms)
+                .map_or(defaults.header_read_timeout, Duration::from_millis),
+            idle_timeout: l
+                .and_then(|l| l.idle_timeout_secs)
+                .map_or(defaults.idle_timeout, Duration::from_secs),
+            max_connections: positive(
+                l.and_then(|l| l.max_connections),
+                defaults.max_connections,
+                "max_connections",
+            )?,
+            max_in_flight: positive(
+                l.and_then(|l| l.max_in_flight),
+                defaults.max_in_flight,
+                "max_in_flight",
+            )?,
+            ..defaults
+        };
+        if limits.header_read_timeout.is_zero() || limits.idle_timeout.is_zero() {
+            bail!("limits.header_read_timeout_ms and limits.idle_timeout_secs must be positive");
+        }
+        let max_body_bytes = positive(
+            l.and_then(|l| l.max_body_bytes),
+            paychan_server::PaidOptions::default().max_body_bytes,
+            "max_body_bytes",
+        )?;
         let demo_price_per_token = match &f.demo_price_per_token {
             Some(s) => paychan_core::amount::parse_u128(s)
                 .map_err(|e| anyhow::anyhow!("demo_price_per_token: {e}"))?,
@@ -448,7 +559,14 @@ impl Config {
                 ms => Duration::from_millis(ms),
             },
             upstream,
-            upstream_timeout: Duration::from_secs(f.upstream_timeout_secs.unwrap_or(120)),
+            upstream_timeouts: paychan_server::proxy::ProxyTimeouts {
+                connect: Duration::from_secs(f.upstream_connect_timeout_secs.unwrap_or(10)),
+                read_idle: Duration::from_secs(f.upstream_timeout_secs.unwrap_or(120)),
+            },
+            operator_listen,
+            free_routes,
+            limits,
+            max_body_bytes,
             max_onchain_age: Duration::from_secs(f.max_onchain_age_secs.unwrap_or(30)),
             busy_wait: Duration::from_millis(f.busy_wait_ms.unwrap_or(250)),
             withdrawal_guard: Duration::from_secs(f.withdrawal_guard_secs.unwrap_or(360)),
@@ -576,6 +694,7 @@ price = 5000
                 .unwrap_err()
         );
         assert!(err.contains("reading key file /nonexistent/key"), "{err}");
+        assert_eq!(err.matches("No such file").count(), 1, "{err}");
         let err = format!(
             "{:#}",
             with("[facilitator]\nuse = \"ftp://x\"").unwrap_err()
@@ -594,8 +713,14 @@ price = 5000
 
     fn write_temp_key(name: &str, key: &str) -> std::path::PathBuf {
         let p = std::env::temp_dir().join(format!("paychan-{name}-{}.key", std::process::id()));
-        std::fs::write(&p, key).unwrap();
+        write_owner_only(&p, key);
         p
+    }
+
+    fn write_owner_only(p: &std::path::Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     #[test]
@@ -668,18 +793,27 @@ price = 5000
         let dir = std::env::temp_dir().join(format!("paychan-key-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.key");
-        std::fs::write(&bad, "0xsupersecretnotakey").unwrap();
+        write_owner_only(&bad, "0xsupersecretnotakey");
         let err = format!("{:#}", load_key(Some(&bad), "UNUSED_ENV").unwrap_err());
         assert!(
             err.contains("bad.key") && !err.contains("supersecret"),
             "{err}"
         );
         let good = dir.join("good.key");
-        std::fs::write(
-            &good,
-            "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6\n",
-        )
-        .unwrap();
+        let key_text = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6\n";
+        // readable by others: refused with the fix, and the key is not echoed
+        std::fs::write(&good, key_text).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let err = format!("{:#}", load_key(Some(&good), "UNUSED_ENV").unwrap_err());
+        assert!(
+            err.contains("too open") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains("7c852118"), "{err}");
+        write_owner_only(&good, key_text);
         let k = load_key(Some(&good), "UNUSED_ENV").unwrap().unwrap();
         assert_eq!(
             k.address(),

@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use paychan_chain::{ChainConfig, ChainReader};
 use paychan_core::batch::BatchDomain;
 use paychan_engine::{Engine, EngineConfig, NoFacilitator};
-use paychan_server::{PaidRoute, PaidState, Upstream, app, demo::DemoConfig, proxy::Proxy, serve};
+use paychan_server::{
+    Limits, PaidOptions, PaidRoute, PaidState, Upstream, app, demo::DemoConfig, proxy::Proxy,
+    serve_with,
+};
 use paychan_store::{SledStore, SledStoreConfig};
 
 use crate::config::Config;
@@ -171,9 +174,12 @@ async fn run_server(
         chain_cfg.confirmations = *n;
     }
     chain_cfg.escrow = cfg.escrow;
-    let reader = ChainReader::connect(chain_cfg)
-        .await
-        .with_context(|| format!("connecting to the chain at {}", cfg.rpc_url))?;
+    let reader = ChainReader::connect(chain_cfg).await.with_context(|| {
+        format!(
+            "connecting to the chain at {}",
+            paychan_core::redact::redact_urls(&cfg.rpc_url)
+        )
+    })?;
     // One relayer per sending key: a local facilitator and the settler share it when they use
     // the same key, so their transactions never compete for a nonce.
     let mut relayers: Vec<paychan_chain::Relayer<SledStore>> = Vec::new();
@@ -238,22 +244,52 @@ async fn run_server(
         });
     }
     let upstream = match &cfg.upstream {
-        Some(url) => Upstream::Proxy(Proxy::new(url, cfg.upstream_timeout)?),
+        Some(url) => Upstream::Proxy(Proxy::with_timeouts(url, cfg.upstream_timeouts)?),
         None => Upstream::Demo(DemoConfig {
             price_per_token: cfg.demo_price_per_token,
         }),
     };
-    let router = app(PaidState::new(engine, routes), upstream);
+    let state = PaidState::with_options(
+        engine,
+        routes,
+        PaidOptions {
+            free_routes: cfg.free_routes,
+            max_body_bytes: cfg.max_body_bytes,
+            ..PaidOptions::default()
+        },
+    );
+    let router = app(state.clone(), upstream);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(target: "paychan", %addr, "listening");
+    // Operational data (revenue, traffic) has its own listener, loopback by default, never the
+    // paid port.
+    let (stop_operator, operator_stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = match cfg.operator_listen {
+        Some(a) => {
+            if !a.ip().is_loopback() {
+                tracing::warn!(target: "paychan", addr = %a, "operator listener (metrics) is not on loopback: anyone who reaches it sees revenue and traffic");
+            }
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the operator listener {a}"))?;
+            let op_addr = l.local_addr()?;
+            let op_app = paychan_server::operator_app(state);
+            let task = tokio::spawn(serve_with(l, op_app, Limits::default(), async move {
+                let _ = operator_stopped.await;
+            }));
+            Some((op_addr, task))
+        }
+        None => None,
+    };
+    let operator_addr = operator.as_ref().map(|(a, _)| a.to_string());
+    tracing::info!(target: "paychan", %addr, operator = ?operator_addr, "listening");
     #[allow(clippy::print_stdout)]
     {
         println!(
             "{}",
-            serde_json::json!({"event": "listening", "addr": addr.to_string()})
+            serde_json::json!({"event": "listening", "addr": addr.to_string(), "operator_addr": operator_addr})
         );
     }
     // The settler runs beside the server. At shutdown the server stops first (no new charges),
@@ -264,8 +300,12 @@ async fn run_server(
             let _ = settler_stopped.await;
         }))
     });
-    serve(listener, router, shutdown).await?;
+    serve_with(listener, router, cfg.limits, shutdown).await?;
     tracing::info!(target: "paychan", "server stopped");
+    let _ = stop_operator.send(());
+    if let Some((_, t)) = operator {
+        let _ = t.await;
+    }
     let _ = stop_settler.send(());
     if let Some(t) = settler_task {
         match t.await {
@@ -305,6 +345,10 @@ async fn dev(
         checkpoint_interval_ms: None,
         upstream: "demo".into(),
         upstream_timeout_secs: None,
+        upstream_connect_timeout_secs: None,
+        operator_listen: None,
+        limits: None,
+        free_routes: Vec::new(),
         max_onchain_age_secs: Some(5),
         busy_wait_ms: None,
         withdrawal_guard_secs: None,
@@ -399,9 +443,12 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
     if let Some(n) = a.confirmations {
         chain_cfg.confirmations = n;
     }
-    let reader = ChainReader::connect(chain_cfg)
-        .await
-        .with_context(|| format!("connecting to the chain at {}", a.rpc_url))?;
+    let reader = ChainReader::connect(chain_cfg).await.with_context(|| {
+        format!(
+            "connecting to the chain at {}",
+            paychan_core::redact::redact_urls(&a.rpc_url)
+        )
+    })?;
     let relayer = paychan_chain::Relayer::new(reader.clone(), store.clone(), relayer);
     let f = local_facilitator(&reader, relayer, authorizer).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)

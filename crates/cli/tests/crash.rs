@@ -9,9 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, unreachable_pub)]
 
+mod support;
+
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -32,6 +33,7 @@ use paychan_core::{
 };
 use paychan_devchain::{DevChain, ESCROW, Role};
 use paychan_store::{SledStore, SledStoreConfig, Store};
+use support::start_server;
 
 const CHANNELS: u64 = 24;
 const MAX_PRICE: u128 = 10_000;
@@ -55,34 +57,6 @@ fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s >> 7;
     *s ^= *s << 17;
     *s
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn start_server(config: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paychan"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("PAYCHAN_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("server did not start ({e}): {line:?}"));
-    Server {
-        child,
-        url: format!("http://{}", v["addr"].as_str().unwrap()),
-    }
 }
 
 /// One request for a channel. Returns false when the server is gone.
@@ -211,6 +185,7 @@ async fn acknowledged_charges_survive_sigkill() {
             r#"
 data_dir = "store"
 upstream = "demo"
+operator_listen = "off"
 # checkpoints all the time, so that kills land during them too
 checkpoint_interval_ms = 20
 demo_price_per_token = "40"

@@ -1,12 +1,16 @@
 //! paychan's HTTP payee server: x402 payment middleware in front of an inference upstream.
 //!
-//! [`app`] builds the router: paid routes go through [`paid::paid_middleware`] (the engine
-//! decides), then to the upstream ([`proxy`], or the in-process [`demo`] upstream). Free admin
-//! endpoints live under `/_paychan/`. [`serve`] runs it on a listener until a shutdown future
-//! resolves, so tests bind port 0 and pass their own shutdown.
+//! [`app`] builds the paid port's router: every request passes the gate
+//! ([`paid::paid_middleware`]): its target is normalised once and routed fail-closed
+//! ([`route`]); paid routes go through the engine, then to the upstream ([`proxy`], or the
+//! in-process [`demo`] upstream). The paid port serves nothing else but `/_paychan/health`
+//! ("ok"); metrics are on the operator listener ([`operator_app`], loopback by default).
+//! [`serve`] runs a router on a listener within [`Limits`] until a shutdown future resolves, so
+//! tests bind port 0 and pass their own shutdown.
 //!
 //! | module | what |
 //! | --- | --- |
+//! | [`route`] | the request target, normalised once; fail-closed routing |
 //! | [`paid`] | the payment middleware, paid routes, 402 responses |
 //! | [`proxy`] | streaming reverse proxy to the upstream |
 //! | [`demo`] | a demo upstream (echo chat completions priced per token) |
@@ -14,6 +18,7 @@
 pub mod demo;
 pub mod paid;
 pub mod proxy;
+pub mod route;
 
 use std::{future::Future, sync::Arc};
 
@@ -21,7 +26,9 @@ use axum::{Json, Router, extract::State, middleware::from_fn_with_state, routing
 use paychan_engine::{Clock, OnchainSource, PaymentFacilitator};
 use paychan_store::Store;
 
-pub use paid::{Charge, PaidRoute, PaidState};
+pub use paid::{Charge, PaidOptions, PaidRoute, PaidState};
+pub use paychan_service::Limits;
+pub use route::RoutePattern;
 
 /// What serves paid requests after payment.
 #[derive(Debug, Clone)]
@@ -60,8 +67,9 @@ async fn metrics<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock>(
     }))
 }
 
-/// The server's router: paid routes in front of `upstream`, plus `/_paychan/health` and
-/// `/_paychan/metrics`.
+/// The paid port's router: the gate (target normalised, fail-closed routing, payments) in front
+/// of `upstream`, plus `/_paychan/health`. Operational data is never served here: see
+/// [`operator_app`].
 pub fn app<S, C, F, K>(state: Arc<PaidState<S, C, F, K>>, upstream: Upstream) -> Router
 where
     S: Store,
@@ -74,23 +82,51 @@ where
         Upstream::Demo(cfg) => demo::router(cfg),
         Upstream::Router(r) => r,
     };
-    let admin = Router::new()
+    // The gate wraps the inner router as a service, so it runs before the inner router routes:
+    // the inner router matches the normalised path, never the raw one.
+    let gated = tower::ServiceBuilder::new()
+        .layer(from_fn_with_state(
+            state,
+            paid::paid_middleware::<S, C, F, K>,
+        ))
+        .service(inner);
+    Router::new()
         .route("/_paychan/health", get(health))
-        .route("/_paychan/metrics", get(metrics::<S, C, F, K>))
-        .with_state(state.clone());
-    admin.merge(inner.layer(from_fn_with_state(
-        state,
-        paid::paid_middleware::<S, C, F, K>,
-    )))
+        .fallback_service(gated)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// The operator listener's router: `/health` and `/metrics` (JSON counters: requests, charges,
+/// revenue, channels, rejections by code). Serve it on loopback (the default) or behind
+/// authentication: it shows revenue and traffic.
+pub fn operator_app<S, C, F, K>(state: Arc<PaidState<S, C, F, K>>) -> Router
+where
+    S: Store,
+    C: OnchainSource,
+    F: PaymentFacilitator,
+    K: Clock,
+{
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::<S, C, F, K>))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then finishes requests
+/// in flight.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    paychan_service::serve(listener, app, limits, shutdown).await
+}
+
+/// [`serve_with`] the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, app, Limits::default(), shutdown).await
 }

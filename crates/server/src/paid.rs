@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
+    http::{self, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -31,6 +31,8 @@ use paychan_core::{
 };
 use paychan_engine::{Begin, Clock, Decline, Engine, OnchainSource, PaymentFacilitator};
 use paychan_store::Store;
+
+use crate::route::{self, Decision, RoutePattern};
 
 /// A price set by an in-process handler (a response extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +57,36 @@ pub struct PaidRoute {
 }
 
 impl PaidRoute {
-    fn matches(&self, method: &Method, path: &str) -> bool {
-        if self.method.as_ref().is_some_and(|m| m != method) {
-            return false;
+    fn pattern(&self) -> RoutePattern {
+        RoutePattern {
+            method: self.method.clone(),
+            path: self.path.clone(),
         }
-        match self.path.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == self.path,
+    }
+}
+
+/// Settings of the paid port beyond its paid routes.
+#[derive(Debug, Clone)]
+pub struct PaidOptions {
+    /// Routes proxied without payment. Everything that is neither paid nor free gets `404`.
+    pub free_routes: Vec<RoutePattern>,
+    /// Largest accepted `PAYMENT-SIGNATURE`, bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes (default 1 MiB): a larger declared body gets `413`, a longer
+    /// streamed one is cut (the upstream sees an error, nothing is charged).
+    pub max_body_bytes: usize,
+    /// Unread request bodies up to this size are read and dropped before a `4xx` answer, so the
+    /// connection stays usable (default 64 KiB); a larger one closes the connection.
+    pub drain_bytes: usize,
+}
+
+impl Default for PaidOptions {
+    fn default() -> Self {
+        Self {
+            free_routes: Vec::new(),
+            max_header_bytes: codec::DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: 1024 * 1024,
+            drain_bytes: 64 * 1024,
         }
     }
 }
@@ -70,19 +95,31 @@ impl PaidRoute {
 pub struct PaidState<S, C, F, K> {
     /// The engine.
     pub engine: Engine<S, C, F, K>,
-    /// Paid routes, first match wins; unmatched routes are free.
+    /// Paid routes, first match wins.
     pub routes: Vec<PaidRoute>,
-    /// Largest accepted `PAYMENT-SIGNATURE`, bytes.
-    pub max_header_bytes: usize,
+    patterns: Vec<RoutePattern>,
+    /// Free routes, limits.
+    pub options: PaidOptions,
 }
 
 impl<S, C, F, K> PaidState<S, C, F, K> {
-    /// State for `routes` with the default header limit.
+    /// State for `routes` with default options: no free route, default limits.
     pub fn new(engine: Engine<S, C, F, K>, routes: Vec<PaidRoute>) -> Arc<Self> {
+        Self::with_options(engine, routes, PaidOptions::default())
+    }
+
+    /// State for `routes` with `options`.
+    pub fn with_options(
+        engine: Engine<S, C, F, K>,
+        routes: Vec<PaidRoute>,
+        options: PaidOptions,
+    ) -> Arc<Self> {
+        let patterns = routes.iter().map(PaidRoute::pattern).collect();
         Arc::new(Self {
             engine,
             routes,
-            max_header_bytes: codec::DEFAULT_MAX_HEADER_BYTES,
+            patterns,
+            options,
         })
     }
 }
@@ -172,10 +209,52 @@ fn decline_response(
     r
 }
 
-/// The middleware function (use with `axum::middleware::from_fn_with_state`).
+/// A plain JSON error answer (not a payment matter).
+fn plain_error(status: StatusCode, error: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": error, "message": message})),
+    )
+        .into_response()
+}
+
+/// Reads and drops what is left of an unread request body (up to `limit` bytes, for at most a
+/// second), so that the connection can carry the next request; a larger or slower body closes it.
+async fn drain(body: Body, limit: usize, mut resp: Response) -> Response {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, limit);
+    let done = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        loop {
+            match body.frame().await {
+                None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !done {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// What the paid flow decided before the upstream.
+enum Paid {
+    /// Serve the request, then commit or abort the ticket.
+    Serve(Box<paychan_engine::Ticket>),
+    /// Answer at once (a 402, a completed refund).
+    Answer(Response),
+}
+
+/// The gate in front of everything on the paid port (use with
+/// `axum::middleware::from_fn_with_state`): normalises the request target ([`crate::route`]),
+/// routes it fail-closed, and runs the payment flow for paid routes.
 pub async fn paid_middleware<S, C, F, K>(
     State(st): State<Arc<PaidState<S, C, F, K>>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response
 where
@@ -184,46 +263,147 @@ where
     F: PaymentFacilitator,
     K: Clock,
 {
-    let Some(route) = st
-        .routes
-        .iter()
-        .find(|r| r.matches(req.method(), req.uri().path()))
-    else {
-        return next.run(req).await;
+    let (mut parts, body) = req.into_parts();
+    let drain_limit = st.options.drain_bytes;
+    let target = match route::normalize(&parts.method, parts.version, &parts.uri) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(target: "paychan_server", reason = %e, "request target refused");
+            let r = plain_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request_target",
+                &e.to_string(),
+            );
+            return drain(body, drain_limit, r).await;
+        }
     };
-    let offer = &route.offer;
+    // From here on, everyone (routing, the payment flow, the upstream) sees the one normalised
+    // target.
+    match target.parse::<http::Uri>() {
+        Ok(u) => parts.uri = u,
+        Err(_) => {
+            let r = plain_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request_target",
+                "unparsable target",
+            );
+            return drain(body, drain_limit, r).await;
+        }
+    }
+    let decision = route::decide(
+        st.patterns.iter(),
+        &st.options.free_routes,
+        &parts.method,
+        parts.uri.path(),
+    );
+    let route = match decision {
+        Decision::Paid(i) => &st.routes[i],
+        Decision::Free => {
+            return match limit_body(&parts.headers, body, st.options.max_body_bytes) {
+                Ok(body) => next.run(Request::from_parts(parts, body)).await,
+                Err(r) => r,
+            };
+        }
+        Decision::WrongMethod(allowed) => {
+            let allow = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut r = plain_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("this paid route takes {allow}"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            return drain(body, drain_limit, r).await;
+        }
+        Decision::NotFound => {
+            let r = plain_error(StatusCode::NOT_FOUND, "not_found", "no such route");
+            return drain(body, drain_limit, r).await;
+        }
+    };
+    let body = match limit_body(&parts.headers, body, st.options.max_body_bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let resource = ResourceInfo {
-        url: req.uri().to_string(),
+        url: parts.uri.to_string(),
         description: route.description.clone(),
         mime_type: route.mime_type.clone(),
     };
-    let Some(raw) = req.headers().get(codec::PAYMENT_SIGNATURE) else {
-        if req.headers().contains_key(codec::X_PAYMENT) {
+    let ticket = match pay(&st, route, &parts.headers, resource.clone()).await {
+        Paid::Serve(t) => t,
+        Paid::Answer(r) => return drain(body, drain_limit, r).await,
+    };
+    // The payment is ours to check; the upstream never sees it.
+    parts.headers.remove(codec::PAYMENT_SIGNATURE);
+    parts.headers.remove(codec::X_PAYMENT);
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    settle_response(&st, &route.offer, resource, ticket, resp).await
+}
+
+/// The request body under the size cap: `413` when its declared length is above it, else the
+/// body cut off at the cap.
+#[allow(clippy::result_large_err)]
+fn limit_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Body, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        let mut r = plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("request bodies are limited to {max} bytes"),
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(r);
+    }
+    Ok(Body::new(http_body_util::Limited::new(body, max)))
+}
+
+/// The payment flow up to the upstream: a 402 without payment, else the engine's decision.
+async fn pay<S, C, F, K>(
+    st: &PaidState<S, C, F, K>,
+    route: &PaidRoute,
+    headers: &HeaderMap,
+    resource: ResourceInfo,
+) -> Paid
+where
+    S: Store,
+    C: OnchainSource,
+    F: PaymentFacilitator,
+    K: Clock,
+{
+    let offer = &route.offer;
+    let Some(raw) = headers.get(codec::PAYMENT_SIGNATURE) else {
+        if headers.contains_key(codec::X_PAYMENT) {
             let r = Rejection::new(
                 ErrorCode::InvalidX402Version,
                 "X-PAYMENT is x402 v1; batch-settlement needs x402 v2 (PAYMENT-SIGNATURE)",
             );
-            return payment_required(Some(&r), offer.to_generic(), resource);
+            return Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource));
         }
-        return payment_required(None, offer.to_generic(), resource);
+        return Paid::Answer(payment_required(None, offer.to_generic(), resource));
     };
-    let raw = match raw.to_str() {
-        Ok(s) => s.to_owned(),
-        Err(_) => {
-            let r = Rejection::new(ErrorCode::InvalidPayload, "PAYMENT-SIGNATURE is not ASCII");
-            return payment_required(Some(&r), offer.to_generic(), resource);
+    let Ok(raw) = raw.to_str() else {
+        let r = Rejection::new(ErrorCode::InvalidPayload, "PAYMENT-SIGNATURE is not ASCII");
+        return Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource));
+    };
+    let max = st.options.max_header_bytes;
+    let payload: PaymentPayload<BatchPayload> = match codec::decode_limited(raw, max) {
+        Ok(p) => p,
+        Err(e) => {
+            let r = classify_decode_error(raw, max, &e);
+            return Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource));
         }
     };
-    let payload: PaymentPayload<BatchPayload> =
-        match codec::decode_limited(&raw, st.max_header_bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                let r = classify_decode_error(&raw, st.max_header_bytes, &e);
-                return payment_required(Some(&r), offer.to_generic(), resource);
-            }
-        };
-    let ticket = match st.engine.begin(&payload, offer).await {
-        Ok(Begin::Serve(t)) => t,
+    match st.engine.begin(&payload, offer).await {
+        Ok(Begin::Serve(t)) => Paid::Serve(t),
         Ok(Begin::Done(settlement)) => {
             let body = serde_json::json!({"message": "Refund acknowledged", "transaction": settlement.transaction});
             let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
@@ -232,13 +412,31 @@ where
                 header_value(&codec::encode(&settlement)),
             );
             expose(resp.headers_mut());
-            return resp;
+            Paid::Answer(resp)
         }
-        Err(d) => return decline_response(d, offer, resource, StatusCode::PAYMENT_REQUIRED),
-    };
-    // The payment is ours to check; the upstream never sees it.
-    req.headers_mut().remove(codec::PAYMENT_SIGNATURE);
-    let mut resp = next.run(req).await;
+        Err(d) => Paid::Answer(decline_response(
+            d,
+            offer,
+            resource,
+            StatusCode::PAYMENT_REQUIRED,
+        )),
+    }
+}
+
+/// After the upstream: commit its price (or abort on failure) and attach `PAYMENT-RESPONSE`.
+async fn settle_response<S, C, F, K>(
+    st: &PaidState<S, C, F, K>,
+    offer: &BatchRequirements,
+    resource: ResourceInfo,
+    ticket: Box<paychan_engine::Ticket>,
+    mut resp: Response,
+) -> Response
+where
+    S: Store,
+    C: OnchainSource,
+    F: PaymentFacilitator,
+    K: Clock,
+{
     if resp.status().as_u16() >= 400 {
         st.engine.abort(ticket);
         return resp;

@@ -1,4 +1,10 @@
 //! A streaming reverse proxy to the inference upstream.
+//!
+//! The upstream URL of a request is the configured base with the request's normalised path and
+//! query appended as text ([`crate::route::normalize`]), never resolved as a relative URL, and is
+//! checked to keep the base's scheme, host and port before any connection is made. Time limits
+//! are a connect timeout and a read-idle timeout (no byte from the upstream for that long), not
+//! a total: a long streamed answer that was paid for is never cut for being long.
 
 use axum::{
     body::Body,
@@ -11,40 +17,102 @@ use axum::{
 #[derive(Debug, Clone)]
 pub struct Proxy {
     client: reqwest::Client,
-    base: reqwest::Url,
+    /// The base URL without a trailing `/`; request paths (starting with `/`) are appended.
+    base: String,
+    origin: (String, Option<String>, Option<u16>),
 }
 
 /// Errors configuring the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Not an http(s) URL.
-    #[error("upstream {0:?} is not an http:// or https:// URL")]
+    #[error(
+        "upstream {0:?} is not an http:// or https:// URL without user info, query or fragment"
+    )]
     BadUrl(String),
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Client(String),
 }
 
+/// The proxy's time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyTimeouts {
+    /// Connecting to the upstream (default 10 s).
+    pub connect: std::time::Duration,
+    /// No byte from the upstream for this long fails the request or ends the stream (default
+    /// 120 s).
+    pub read_idle: std::time::Duration,
+}
+
+impl Default for ProxyTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: std::time::Duration::from_secs(10),
+            read_idle: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
+fn origin(u: &reqwest::Url) -> (String, Option<String>, Option<u16>) {
+    (
+        u.scheme().to_owned(),
+        u.host_str().map(str::to_owned),
+        u.port_or_known_default(),
+    )
+}
+
 impl Proxy {
-    /// A proxy to `upstream` (a base URL; request paths are appended to it), with a per-request
-    /// timeout.
-    pub fn new(upstream: &str, timeout: std::time::Duration) -> Result<Self, ProxyError> {
-        let mut base: reqwest::Url = upstream
-            .parse()
-            .map_err(|_| ProxyError::BadUrl(upstream.to_owned()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(ProxyError::BadUrl(upstream.to_owned()));
+    /// A proxy to `upstream` (a base URL; request paths are appended to it) with `read_idle` as
+    /// the read-idle timeout and the default connect timeout.
+    pub fn new(upstream: &str, read_idle: std::time::Duration) -> Result<Self, ProxyError> {
+        Self::with_timeouts(
+            upstream,
+            ProxyTimeouts {
+                read_idle,
+                ..ProxyTimeouts::default()
+            },
+        )
+    }
+
+    /// A proxy to `upstream` with `timeouts`.
+    pub fn with_timeouts(upstream: &str, timeouts: ProxyTimeouts) -> Result<Self, ProxyError> {
+        let bad = || ProxyError::BadUrl(paychan_core::redact::redact_urls(upstream));
+        let url: reqwest::Url = upstream.parse().map_err(|_| bad())?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(bad());
         }
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
+        let base = url.as_str().trim_end_matches('/').to_owned();
         let client = reqwest::Client::builder()
-            .timeout(timeout)
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read_idle)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProxyError::Client(e.to_string()))?;
-        Ok(Self { client, base })
+        Ok(Self {
+            client,
+            origin: origin(&url),
+            base,
+        })
+    }
+
+    /// The upstream URL for a request target, or `None` if the target is refused or the result
+    /// would leave the base's scheme, host or port.
+    pub fn url_for(
+        &self,
+        method: &axum::http::Method,
+        version: axum::http::Version,
+        uri: &axum::http::Uri,
+    ) -> Option<reqwest::Url> {
+        let target = crate::route::normalize(method, version, uri).ok()?;
+        let url: reqwest::Url = format!("{}{target}", self.base).parse().ok()?;
+        (origin(&url) == self.origin).then_some(url)
     }
 }
 
@@ -77,9 +145,8 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 /// The proxy handler (use as a router fallback with the [`Proxy`] as state).
 pub async fn proxy_handler(State(p): State<Proxy>, req: Request) -> Response {
-    let pq = req.uri().path_and_query().map_or("/", |x| x.as_str());
-    let Ok(url) = p.base.join(pq.trim_start_matches('/')) else {
-        return (StatusCode::BAD_REQUEST, "bad request path").into_response();
+    let Some(url) = p.url_for(req.method(), req.version(), req.uri()) else {
+        return (StatusCode::BAD_REQUEST, "bad request target").into_response();
     };
     let (parts, body) = req.into_parts();
     let mut headers = HeaderMap::new();
@@ -102,11 +169,18 @@ pub async fn proxy_handler(State(p): State<Proxy>, req: Request) -> Response {
             resp
         }
         Err(e) => {
-            tracing::warn!(target: "paychan_server", error = %e, "upstream request failed");
+            // The error names the upstream URL: logged redacted, never sent to the client.
+            let detail = paychan_core::redact::redact_urls(&e.to_string());
+            tracing::warn!(target: "paychan_server", error = %detail, "upstream request failed");
+            let status = if e.is_timeout() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
             (
-                StatusCode::BAD_GATEWAY,
+                status,
                 [(header::CONTENT_TYPE, "text/plain")],
-                format!("upstream unavailable: {e}"),
+                "upstream unavailable",
             )
                 .into_response()
         }

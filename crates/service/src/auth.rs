@@ -45,12 +45,12 @@ pub enum AuthError {
         path: String,
     },
     /// Creating the token file failed.
-    #[error("creating token file {path}: {source}")]
+    #[error("creating token file {path}: {error}")]
     Create {
         /// The token file.
         path: String,
-        /// What went wrong.
-        source: io::Error,
+        /// What went wrong (in the message, so not also a `source`).
+        error: io::Error,
     },
 }
 
@@ -107,17 +107,17 @@ impl BearerToken {
         match std::fs::symlink_metadata(path) {
             Ok(_) => return Self::load(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
+            Err(error) => {
                 return Err(SecretError::Io {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 }
                 .into());
             }
         }
-        let create = |source: io::Error| AuthError::Create {
+        let create = |error: io::Error| AuthError::Create {
             path: path.display().to_string(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()

@@ -10,12 +10,12 @@ use std::{io, os::unix::fs::PermissionsExt, path::Path};
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// What went wrong.
-        source: io::Error,
+        /// What went wrong (in the message, so not also a `source`).
+        error: io::Error,
     },
     /// Group or others may read or write the file.
     #[error(
@@ -37,9 +37,9 @@ pub enum SecretError {
 
 /// Checks that only the owner may read or write `path` (no group or other bits).
 pub fn check_owner_only(path: &Path) -> Result<(), SecretError> {
-    let meta = std::fs::metadata(path).map_err(|source| SecretError::Io {
+    let meta = std::fs::metadata(path).map_err(|error| SecretError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -54,9 +54,9 @@ pub fn check_owner_only(path: &Path) -> Result<(), SecretError> {
 /// The trimmed contents of the secret file `path`, after checking that only its owner may read it.
 pub fn read_secret_file(path: &Path) -> Result<String, SecretError> {
     check_owner_only(path)?;
-    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| SecretError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     let text = text.trim().to_owned();
     if text.is_empty() {
