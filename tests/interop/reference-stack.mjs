@@ -9,6 +9,7 @@
 //
 // Usage: PAYCHAN_RPC_URL=… PAYCHAN_CHAIN_ID=… … node tests/interop/reference-stack.mjs
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 import express from 'express';
 import {
@@ -117,6 +118,9 @@ function readConfig() {
     requests: Number(env('PAYCHAN_REQUESTS', { pattern: UINT, fallback: '5' })),
     price: BigInt(env('PAYCHAN_PRICE', { pattern: UINT, fallback: '1000' })),
     facilitatorUrl,
+    // The bearer token an external facilitator wants on /verify and /settle (paychan's does), read
+    // from a file so it never sits in the environment or argv.
+    facilitatorTokenFile: env('PAYCHAN_FACILITATOR_TOKEN_FILE', { required: false }),
     // Serve the in-process reference facilitator over HTTP and reach it through HTTPFacilitatorClient.
     facilitatorOverHttp: env('PAYCHAN_FACILITATOR_HTTP', { required: false, fallback: '0' }) === '1',
   };
@@ -206,7 +210,14 @@ async function main() {
   let facilitatorClient;
   let facilitatorKind;
   if (cfg.facilitatorUrl) {
-    facilitatorClient = new HTTPFacilitatorClient({ url: cfg.facilitatorUrl, timeoutMs: TX_TIMEOUT_MS + 15_000 });
+    const token = cfg.facilitatorTokenFile ? readFileSync(cfg.facilitatorTokenFile, 'utf8').trim() : undefined;
+    const createAuthHeaders = token
+      ? async () => {
+          const headers = { Authorization: `Bearer ${token}` };
+          return { verify: headers, settle: headers, supported: {} };
+        }
+      : undefined;
+    facilitatorClient = new HTTPFacilitatorClient({ url: cfg.facilitatorUrl, timeoutMs: TX_TIMEOUT_MS + 15_000, createAuthHeaders });
     facilitatorKind = `external facilitator at ${cfg.facilitatorUrl}`;
   } else {
     const relayer = privateKeyToAccount(cfg.relayerKey, { nonceManager });

@@ -15,7 +15,7 @@ use std::{
 use alloy::primitives::B256;
 use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
 use paychan_devchain::{DevChain, Role};
-use paychan_facilitator::Facilitator;
+use paychan_facilitator::{BearerToken, Facilitator, FacilitatorConfig};
 use paychan_store::{JournalKind, JournalState, MemStore, Store};
 use serde_json::Value;
 
@@ -27,10 +27,13 @@ use crate::{
 /// Requests served, by `METHOD /path`.
 type Counts = Arc<Mutex<BTreeMap<String, usize>>>;
 
-/// paychan's facilitator on 127.0.0.1:0: relayer = the dev relayer account, no receiver-authorizer
-/// key (the reference server signs its own claims and refunds). Requests are counted by endpoint.
+/// paychan's facilitator on 127.0.0.1:0 behind its bearer token and hardened listener: relayer =
+/// the dev relayer account, no receiver-authorizer key (the reference server signs its own claims
+/// and refunds), deposits relayed for the dev receiver only. Requests are counted by endpoint.
 struct Served {
     url: String,
+    token_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
     store: MemStore,
     counts: Counts,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -59,22 +62,37 @@ async fn serve_facilitator(chain: &DevChain) -> Served {
         store.clone(),
         TxKey::from_secret(&chain.account(Role::Relayer).key).unwrap(),
     );
-    let facilitator = Facilitator::new(reader, relayer, None).unwrap();
+    let facilitator = Facilitator::with_config(
+        reader,
+        relayer,
+        None,
+        FacilitatorConfig {
+            deposit_receivers: vec![chain.account(Role::Receiver).address],
+            ..FacilitatorConfig::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("facilitator.token");
+    let token = BearerToken::load_or_create(&token_file).unwrap();
     let counts = Counts::default();
-    let app = paychan_facilitator::router(facilitator)
+    let app = paychan_facilitator::router_with(facilitator, token)
         .layer(axum::middleware::from_fn_with_state(counts.clone(), count));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(paychan_service::serve(
+        listener,
+        app,
+        paychan_service::Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Served {
         url,
+        token_file,
+        _dir: dir,
         store,
         counts,
         stop: Some(stop),
@@ -83,11 +101,15 @@ async fn serve_facilitator(chain: &DevChain) -> Served {
 }
 
 /// Runs the script against `chain` and paychan's facilitator at `facilitator_url`; returns its
-/// JSON summary line.
-async fn run_reference_stack(chain: &DevChain, facilitator_url: &str) -> Value {
+/// JSON summary line. The script reads the bearer token from the token file.
+async fn run_reference_stack(chain: &DevChain, served: &Served) -> Value {
     // No relayer key: the script must not be able to send transactions itself.
     let mut env = base_env(chain);
-    env.push(("PAYCHAN_FACILITATOR_URL", facilitator_url.to_owned()));
+    env.push(("PAYCHAN_FACILITATOR_URL", served.url.clone()));
+    env.push((
+        "PAYCHAN_FACILITATOR_TOKEN_FILE",
+        served.token_file.display().to_string(),
+    ));
     run_script(
         "reference-stack.mjs",
         &env,
@@ -102,7 +124,7 @@ async fn reference_server_settles_through_paychans_facilitator() {
     let before = Balances::read(&chain).await;
 
     let mut served = serve_facilitator(&chain).await;
-    let summary = run_reference_stack(&chain, &served.url).await;
+    let summary = run_reference_stack(&chain, &served).await;
     assert_eq!(
         field(&summary, &["facilitator"]).as_str(),
         Some("external"),

@@ -12,7 +12,7 @@ use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
 use paychan_core::{batch::BatchDomain, sig::LocalSigner};
 use paychan_devchain::{DevChain, ESCROW, Role};
 use paychan_engine::{Engine, EngineConfig};
-use paychan_facilitator::Facilitator;
+use paychan_facilitator::{Facilitator, FacilitatorConfig};
 use paychan_server::{PaidRoute, PaidState, Upstream, app, demo::DemoConfig, serve};
 use paychan_store::{SledStore, SledStoreConfig, Store};
 
@@ -37,7 +37,17 @@ async fn the_reference_client_pays_a_paychan_server() {
         TxKey::from_secret(&chain.account(Role::Relayer).key).unwrap(),
     );
     let authorizer = LocalSigner::from_bytes(&chain.account(Role::ReceiverAuthorizer).key).unwrap();
-    let facilitator = Facilitator::new(reader.clone(), relayer, None).unwrap();
+    // The facilitator relays deposits into this server's channels only.
+    let facilitator = Facilitator::with_config(
+        reader.clone(),
+        relayer,
+        None,
+        FacilitatorConfig {
+            deposit_receivers: vec![offer.pay_to],
+            ..FacilitatorConfig::default()
+        },
+    )
+    .unwrap();
     let mut ecfg = EngineConfig::new(domain);
     ecfg.receiver_authorizer = Some(authorizer);
     let engine = Engine::new(ecfg, store.clone(), reader, facilitator);

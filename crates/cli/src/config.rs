@@ -66,6 +66,9 @@ pub(crate) struct File {
     pub(crate) free_routes: Vec<FreeRouteSection>,
     /// Who executes deposits and refunds (absent: nobody; clients must open channels elsewhere).
     pub(crate) facilitator: Option<FacilitatorSection>,
+    /// `[relay]`.
+    #[serde(default)]
+    pub(crate) relay: RelaySection,
     /// Claiming and settling on chain (absent: this server does not claim; something else must).
     pub(crate) settlement: Option<SettlementSection>,
 }
@@ -102,6 +105,25 @@ pub(crate) struct FacilitatorSection {
     pub(crate) relayer_key_file: Option<PathBuf>,
     /// Confirmations before a transaction counts (local only; default 3, 1 on chain 31337).
     pub(crate) confirmations: Option<u64>,
+    /// File holding the bearer token sent to a remote facilitator (remote only; paychan's
+    /// facilitator requires one on `/verify` and `/settle`). Owner-only permissions required.
+    pub(crate) token_file: Option<PathBuf>,
+}
+
+/// `[relay]`: bounds on the operations whose gas the relayer pays for a payer (deposits and
+/// refunds sent through the paid server).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RelaySection {
+    /// Smallest deposit relayed, atomic units (default: 10 × the route's price).
+    pub(crate) min_deposit: Option<toml::Value>,
+    /// Smallest partial refund relayed, atomic units (default: 10 × the route's price). A
+    /// refund of everything refundable is always allowed.
+    pub(crate) min_refund: Option<toml::Value>,
+    /// Deposits relayed per channel per minute (default 3; 0 relays none).
+    pub(crate) deposits_per_minute: Option<u32>,
+    /// Refunds relayed per channel per minute (default 1; 0 relays none).
+    pub(crate) refunds_per_minute: Option<u32>,
 }
 
 /// Which facilitator to use.
@@ -116,8 +138,13 @@ pub(crate) enum FacilitatorChoice {
         /// Confirmations.
         confirmations: Option<u64>,
     },
-    /// Over HTTP.
-    Remote(String),
+    /// Over HTTP, sending this bearer token if one is configured.
+    Remote {
+        /// The facilitator's base URL.
+        url: String,
+        /// The bearer token sent on every request.
+        token: Option<paychan_service::BearerToken>,
+    },
 }
 
 /// `[chain]`.
@@ -239,6 +266,14 @@ pub(crate) struct Config {
     pub(crate) receiver_authorizer: Option<LocalSigner>,
     /// The facilitator.
     pub(crate) facilitator: FacilitatorChoice,
+    /// Smallest deposit relayed (`None`: 10 × the offer's price).
+    pub(crate) min_deposit: Option<u128>,
+    /// Smallest partial refund relayed (`None`: 10 × the offer's price).
+    pub(crate) min_refund: Option<u128>,
+    /// Deposits relayed per channel per minute.
+    pub(crate) deposits_per_minute: u32,
+    /// Refunds relayed per channel per minute.
+    pub(crate) refunds_per_minute: u32,
     /// Settlement, if this server claims and settles.
     pub(crate) settlement: Option<Settlement>,
 }
@@ -306,12 +341,9 @@ fn price(v: &toml::Value, path: &str) -> Result<u128> {
     let s = match v {
         toml::Value::String(s) => s.clone(),
         toml::Value::Integer(i) if *i >= 0 => i.to_string(),
-        _ => bail!(
-            "route {path}: price must be a non-negative integer (atomic units), as a string or number"
-        ),
+        _ => bail!("{path} must be a non-negative integer (atomic units), as a string or number"),
     };
-    paychan_core::amount::parse_u128(&s)
-        .map_err(|e| anyhow::anyhow!("route {path}: price {s:?}: {e}"))
+    paychan_core::amount::parse_u128(&s).map_err(|e| anyhow::anyhow!("{path} {s:?}: {e}"))
 }
 
 impl Config {
@@ -469,6 +501,11 @@ impl Config {
         let facilitator = match &f.facilitator {
             None => FacilitatorChoice::None,
             Some(fs) if fs.use_ == "local" => {
+                if fs.token_file.is_some() {
+                    bail!(
+                        "facilitator.token_file only applies to a remote facilitator (use = an http(s) URL)"
+                    );
+                }
                 let file = fs.relayer_key_file.as_ref().map(|k| base.join(k));
                 let relayer = load_key(file.as_deref(), RELAYER_KEY_ENV)?.ok_or_else(|| {
                     anyhow::anyhow!(
@@ -486,13 +523,37 @@ impl Config {
                         "facilitator.relayer_key_file and confirmations only apply to use = \"local\""
                     );
                 }
-                FacilitatorChoice::Remote(fs.use_.clone())
+                let token = match &fs.token_file {
+                    None => None,
+                    Some(t) => {
+                        let path = base.join(t);
+                        Some(
+                            paychan_service::BearerToken::load(&path)
+                                .with_context(|| "facilitator.token_file".to_owned())?,
+                        )
+                    }
+                };
+                FacilitatorChoice::Remote {
+                    url: fs.use_.clone(),
+                    token,
+                }
             }
             Some(fs) => bail!(
                 "facilitator.use must be \"local\" or an http(s) URL, not {:?}",
                 fs.use_
             ),
         };
+        let relay = &f.relay;
+        let min_deposit = relay
+            .min_deposit
+            .as_ref()
+            .map(|v| price(v, "relay.min_deposit"))
+            .transpose()?;
+        let min_refund = relay
+            .min_refund
+            .as_ref()
+            .map(|v| price(v, "relay.min_refund"))
+            .transpose()?;
         let settlement = match &f.settlement {
             None => None,
             Some(ss) => {
@@ -576,6 +637,10 @@ impl Config {
             escrow,
             routes,
             receiver_authorizer: key,
+            min_deposit,
+            min_refund,
+            deposits_per_minute: relay.deposits_per_minute.unwrap_or(3),
+            refunds_per_minute: relay.refunds_per_minute.unwrap_or(1),
         })
     }
 }
@@ -631,6 +696,9 @@ price = 5000
         let c = Config::from_file(toml::from_str(&text).unwrap(), path.parent().unwrap()).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].2.amount, 10_000);
+        assert_eq!(c.free_routes.len(), 1);
+        assert_eq!(c.operator_listen, Some("127.0.0.1:9402".parse().unwrap()));
+        assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.group_commit_window, Duration::from_millis(4));
         assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
@@ -702,13 +770,74 @@ price = 5000
         assert!(err.contains("\"local\" or an http(s) URL"), "{err}");
         let c = with("[facilitator]\nuse = \"https://facilitator.example\"").unwrap();
         assert!(
-            matches!(c.facilitator, FacilitatorChoice::Remote(ref u) if u == "https://facilitator.example")
+            matches!(c.facilitator, FacilitatorChoice::Remote { ref url, token: None } if url == "https://facilitator.example")
         );
         let err = format!(
             "{:#}",
             with("[settlement]\ninterval_secs = 60").unwrap_err()
         );
         assert!(err.contains("receiver authorizer's key"), "{err}");
+    }
+
+    #[test]
+    fn relay_bounds_and_the_remote_facilitator_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let with = |extra: &str| parse(&format!("{GOOD}\n{extra}"));
+        // defaults: minimums follow each offer's price (None), 3 deposits and 1 refund a minute
+        let c = parse(GOOD).unwrap();
+        assert_eq!((c.min_deposit, c.min_refund), (None, None));
+        assert_eq!((c.deposits_per_minute, c.refunds_per_minute), (3, 1));
+        let c = with("[relay]\nmin_deposit = \"1000000\"\nmin_refund = 250000\ndeposits_per_minute = 0\nrefunds_per_minute = 5").unwrap();
+        assert_eq!(
+            (c.min_deposit, c.min_refund),
+            (Some(1_000_000), Some(250_000))
+        );
+        assert_eq!((c.deposits_per_minute, c.refunds_per_minute), (0, 5));
+        for (bad, what) in [
+            ("min_deposit = -5", "relay.min_deposit"),
+            ("min_refund = \"1.5\"", "relay.min_refund"),
+        ] {
+            let err = format!("{:#}", with(&format!("[relay]\n{bad}")).unwrap_err());
+            assert!(err.contains(what), "{bad}: {err}");
+        }
+        assert!(
+            with("[relay]\nmax_deposit = 1").is_err(),
+            "unknown keys are refused"
+        );
+
+        // the token sent to a remote facilitator comes from an owner-only file
+        let secret = "ab".repeat(32);
+        let dir = std::env::temp_dir().join(format!("paychan-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("facilitator.token");
+        write_owner_only(&file, &secret);
+        let remote = |f: &std::path::Path| {
+            with(&format!(
+                "[facilitator]\nuse = \"https://f.example\"\ntoken_file = \"{}\"",
+                f.display()
+            ))
+        };
+        let c = remote(&file).unwrap();
+        match &c.facilitator {
+            FacilitatorChoice::Remote { token: Some(t), .. } => assert_eq!(t.secret(), secret),
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = format!("{:#}", remote(&file).unwrap_err());
+        assert!(
+            err.contains("facilitator.token_file") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains(&secret), "the token leaked: {err}");
+        let err = format!(
+            "{:#}",
+            with("[facilitator]\nuse = \"local\"\ntoken_file = \"t\"").unwrap_err()
+        );
+        assert!(
+            err.contains("only applies to a remote facilitator"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn write_temp_key(name: &str, key: &str) -> std::path::PathBuf {
@@ -721,6 +850,38 @@ price = 5000
         use std::os::unix::fs::PermissionsExt;
         std::fs::write(p, text).unwrap();
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn routes_must_be_normalised_and_limits_positive() {
+        let with = |extra: &str| parse(&format!("{GOOD}\n{extra}"));
+        for bad in ["/v1//x", "/v1/./x", "/v1/%63hat", "v1/x", "/v1/a;b"] {
+            let err = format!(
+                "{:#}",
+                with(&format!("[[free_route]]\npath = \"{bad}\"")).unwrap_err()
+            );
+            assert!(err.contains("free_route"), "{bad}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            with("[[free_route]]\npath = \"/ok\"\nmethod = \"G T\"").unwrap_err()
+        );
+        assert!(err.contains("not an HTTP method"), "{err}");
+        let c = with("[[free_route]]\npath = \"/v1/models*\"\nmethod = \"GET\"").unwrap();
+        assert_eq!(c.free_routes.len(), 1);
+        assert!(c.operator_listen.is_some_and(|a| a.ip().is_loopback()));
+        let c =
+            parse(&GOOD.replace("upstream = ", "operator_listen = \"off\"\nupstream = ")).unwrap();
+        assert!(c.operator_listen.is_none());
+        for (k, v) in [
+            ("max_connections", "0"),
+            ("max_in_flight", "0"),
+            ("max_body_bytes", "0"),
+            ("idle_timeout_secs", "0"),
+        ] {
+            let err = format!("{:#}", with(&format!("[limits]\n{k} = {v}")).unwrap_err());
+            assert!(err.contains(k) || err.contains("positive"), "{k}: {err}");
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ enum Command {
     /// Serve paychan's x402 facilitator over HTTP (POST /verify, POST /settle, GET /supported) for
     /// other x402 servers. Keys: PAYCHAN_RELAYER_KEY (required; pays gas), and optionally
     /// PAYCHAN_RECEIVER_AUTHORIZER_KEY (to sign claims and refunds for servers that delegate).
+    /// /verify and /settle need `Authorization: Bearer <token>`, the token being the contents of
+    /// --token-file (created, owner-only, on first start); /supported is open.
     Facilitator {
         /// JSON-RPC URL of the chain.
         #[arg(long, env = "PAYCHAN_RPC_URL")]
@@ -72,6 +74,17 @@ enum Command {
         /// Confirmations before a transaction counts (default 3; 1 on chain 31337).
         #[arg(long)]
         confirmations: Option<u64>,
+        /// The bearer token file callers must present (default: <data-dir>/facilitator.token,
+        /// created with a fresh random token and mode 0600 if missing).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// A receiver (payTo) whose deposits are relayed; repeat for several. Without any, only
+        /// deposits into channels whose receiverAuthorizer is the held key are relayed.
+        #[arg(long = "deposit-receiver", value_name = "ADDRESS")]
+        deposit_receivers: Vec<alloy_primitives::Address>,
+        /// The smallest deposit relayed, in the token's atomic units.
+        #[arg(long, default_value_t = paychan_facilitator::DEFAULT_MIN_DEPOSIT)]
+        min_deposit: u128,
     },
     /// Run the whole dev stack: a dev chain with paychan's contracts, the engine and server, and
     /// a demo upstream. Everything is fresh on each start and gone on exit.
@@ -137,13 +150,14 @@ async fn local_facilitator(
     reader: &ChainReader,
     relayer: paychan_chain::Relayer<SledStore>,
     authorizer: Option<paychan_core::sig::LocalSigner>,
+    config: paychan_facilitator::FacilitatorConfig,
 ) -> Result<paychan_facilitator::Facilitator<SledStore>> {
     let report = relayer
         .recover()
         .await
         .context("reconciling the relayer's journal with the chain")?;
     tracing::info!(target: "paychan", ?report, address = %relayer_address(&relayer), "relayer ready");
-    paychan_facilitator::Facilitator::new(reader.clone(), relayer, authorizer)
+    paychan_facilitator::Facilitator::with_config(reader.clone(), relayer, authorizer, config)
         .context("starting the facilitator")
 }
 
@@ -193,9 +207,11 @@ async fn run_server(
     };
     let facilitator = match &cfg.facilitator {
         config::FacilitatorChoice::None => wiring::AnyFacilitator::None(NoFacilitator),
-        config::FacilitatorChoice::Remote(url) => wiring::AnyFacilitator::Remote(
-            paychan_facilitator::HttpFacilitator::new(url.clone())
-                .with_context(|| format!("facilitator at {url}"))?,
+        config::FacilitatorChoice::Remote { url, token } => wiring::AnyFacilitator::Remote(
+            paychan_facilitator::HttpFacilitator::with_token(url.clone(), token.clone())
+                .with_context(|| {
+                    format!("facilitator at {}", paychan_core::redact::redact_urls(url))
+                })?,
         ),
         config::FacilitatorChoice::Local { relayer, .. } => {
             wiring::AnyFacilitator::Local(Box::new(
@@ -203,6 +219,14 @@ async fn run_server(
                     &reader,
                     relayer_for(relayer),
                     cfg.receiver_authorizer.clone(),
+                    paychan_facilitator::FacilitatorConfig {
+                        // In process it relays only what this server's engine asks for: deposits
+                        // into this server's channels, which the engine has already held to its
+                        // per-offer minimum and rate limit.
+                        deposit_receivers: cfg.routes.iter().map(|r| r.2.pay_to).collect(),
+                        min_deposit: cfg.min_deposit.unwrap_or(0),
+                        ..Default::default()
+                    },
                 )
                 .await?,
             ))
@@ -214,6 +238,11 @@ async fn run_server(
     ecfg.busy_wait = cfg.busy_wait;
     ecfg.withdrawal_guard = cfg.withdrawal_guard;
     ecfg.receiver_authorizer = cfg.receiver_authorizer.clone();
+    ecfg.min_deposit = cfg.min_deposit;
+    ecfg.min_refund = cfg.min_refund;
+    let minute = std::time::Duration::from_secs(60);
+    ecfg.deposit_rate = paychan_engine::RateLimit::new(cfg.deposits_per_minute, minute);
+    ecfg.refund_rate = paychan_engine::RateLimit::new(cfg.refunds_per_minute, minute);
     let engine = Engine::new(ecfg, store, reader, facilitator);
     let settler = match (cfg.settlement, settle_relayer, &cfg.receiver_authorizer) {
         (Some(s), Some(relayer), Some(authorizer)) => Some(
@@ -375,6 +404,7 @@ async fn dev(
             description: Some("demo inference".into()),
         }],
         facilitator: None,
+        relay: config::RelaySection::default(),
         settlement: None,
     };
     let mut cfg = Config::from_file(file, std::path::Path::new("/"))?;
@@ -421,6 +451,9 @@ struct FacilitatorArgs {
     relayer_key_file: Option<PathBuf>,
     authorizer_key_file: Option<PathBuf>,
     confirmations: Option<u64>,
+    token_file: Option<PathBuf>,
+    deposit_receivers: Vec<alloy_primitives::Address>,
+    min_deposit: u128,
 }
 
 async fn facilitator(a: FacilitatorArgs) -> Result<()> {
@@ -450,7 +483,20 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
         )
     })?;
     let relayer = paychan_chain::Relayer::new(reader.clone(), store.clone(), relayer);
-    let f = local_facilitator(&reader, relayer, authorizer).await?;
+    if a.deposit_receivers.is_empty() && authorizer.is_none() {
+        tracing::warn!(target: "paychan", "no --deposit-receiver and no receiver-authorizer key: no deposit will be relayed");
+    }
+    let token_file = a
+        .token_file
+        .unwrap_or_else(|| a.data_dir.join("facilitator.token"));
+    let token = paychan_service::BearerToken::load_or_create(&token_file)
+        .with_context(|| format!("the bearer token file {}", token_file.display()))?;
+    let fcfg = paychan_facilitator::FacilitatorConfig {
+        deposit_receivers: a.deposit_receivers,
+        min_deposit: a.min_deposit,
+        ..Default::default()
+    };
+    let f = local_facilitator(&reader, relayer, authorizer, fcfg).await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;
@@ -459,10 +505,20 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
     {
         println!(
             "{}",
-            serde_json::json!({"event": "listening", "addr": addr.to_string()})
+            serde_json::json!({
+                "event": "listening",
+                "addr": addr.to_string(),
+                "token_file": token_file.display().to_string(),
+            })
         );
     }
-    paychan_facilitator::serve(listener, f, shutdown_signal()).await?;
+    paychan_facilitator::serve_with(
+        listener,
+        f,
+        paychan_facilitator::HttpOptions::new(token),
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -500,6 +556,9 @@ async fn main() {
             relayer_key_file,
             authorizer_key_file,
             confirmations,
+            token_file,
+            deposit_receivers,
+            min_deposit,
         } => {
             facilitator(FacilitatorArgs {
                 rpc_url,
@@ -509,6 +568,9 @@ async fn main() {
                 relayer_key_file,
                 authorizer_key_file,
                 confirmations,
+                token_file,
+                deposit_receivers,
+                min_deposit,
             })
             .await
         }

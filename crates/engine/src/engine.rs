@@ -10,16 +10,34 @@
 //!
 //! So the worst case per channel is one request's maximum, and nothing acknowledged is lost.
 
+//!
+//! The durable part of a commit (and everything after a refund's checks) runs in its own task,
+//! which owns the channel's lock: a caller that goes away mid-commit (a client disconnecting)
+//! cannot leave the in-memory record behind what the write-ahead log holds.
+//!
+//! Cheap checks come first. A voucher for a channel not held in memory is bound (its config
+//! hashes to its id and carries the offer's terms) and its signature checked before the
+//! channel's lock is taken, its record read or the chain asked; channels found absent or empty
+//! on chain are remembered for a short while (negative cache); chain reads are capped, and
+//! channels the store does not know only get a share of the cap, waited for a bounded time. Deposits and
+//! refunds relayed for a payer spend the relayer's gas: they are rate-limited per channel and
+//! have minimum sizes, checked before the facilitator is called.
+
 use std::{sync::Arc, time::Duration};
 
 use alloy_primitives::{Address, B256};
 use paychan_core::{
     ErrorCode, Network, Rejection,
     batch::{
-        BatchDomain, BatchPayload, BatchRequirements, ChannelSnapshot, ResponseExtra,
-        payee::{self, ChannelRecord, CheckContext, OnchainState, Refusal, Reservation},
+        BatchDomain, BatchPayload, BatchRequirements, ChannelConfig, ChannelSnapshot,
+        DepositPayload, RefundPayload, ResponseExtra, VoucherFields, VoucherPayload,
+        payee::{
+            self, ChannelRecord, Charge, CheckContext, OnchainState, RefundPlan, Refusal,
+            Reservation,
+        },
     },
-    sig::{Backend, LocalSigner},
+    redact::redact_urls,
+    sig::{Backend, LocalSigner, Signature, SignerKey},
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse, X402_VERSION},
 };
 use paychan_store::{Store, WriteBatch};
@@ -27,10 +45,14 @@ use tokio::sync::{OwnedMutexGuard, broadcast};
 
 use crate::{
     events::EngineEvent,
+    limits::{NegativeCache, RateLimit, RateLimiter, ReadGate},
     metrics::Metrics,
     slots::{Slot, Slots},
     traits::{Clock, OnchainSource, PaymentFacilitator, SystemClock},
 };
+
+/// The `tracing` target of the engine's log lines.
+const TARGET: &str = "paychan_engine";
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -52,6 +74,43 @@ pub struct EngineConfig {
     pub cache_capacity: usize,
     /// The receiver authorizer's key, when this server holds it (signs refunds and claims).
     pub receiver_authorizer: Option<LocalSigner>,
+    /// How long a channel found absent or empty (balance 0) on chain is refused with
+    /// `channel_not_found` without another chain read (default 2 s: a flood of vouchers for one
+    /// empty channel costs one read per 2 s, and a payer whose deposit just landed waits at most
+    /// that long). Zero disables the negative cache.
+    pub negative_cache_ttl: Duration,
+    /// Channels the negative cache remembers at most (default 100,000; about 5 MiB). When it
+    /// is full, further empty channels are not remembered and their vouchers read the chain,
+    /// under [`chain_read_limit`](Self::chain_read_limit).
+    pub negative_cache_capacity: usize,
+    /// Chain reads in flight at most (default 32). Reads for channels the store knows wait for
+    /// a turn (they are paying channels, serialized per channel).
+    pub chain_read_limit: usize,
+    /// Of [`chain_read_limit`](Self::chain_read_limit), how many reads may be for channels the
+    /// store does not know (default 16: half, so paying channels always keep the other half).
+    /// Such a read waits at most [`busy_wait`](Self::busy_wait) for a turn of that share, then
+    /// the voucher is refused with `channel_state_read_failed`, which is retryable.
+    pub unknown_chain_read_limit: usize,
+    /// Deposits relayed per channel (default 3 per 60 s: a payer opening a channel and topping
+    /// it up twice in a minute is served; a loop of deposits is not). A deposit retried after
+    /// `settlement_pending` is not counted again. Refused with `channel_busy` (retryable) and
+    /// the wait in the message.
+    pub deposit_rate: RateLimit,
+    /// Refunds relayed per channel (default 1 per 60 s: a refund costs the relayer a
+    /// transaction, usually with a claim). Refused with `channel_busy` (retryable) and the wait
+    /// in the message.
+    pub refund_rate: RateLimit,
+    /// The smallest deposit relayed (default `None`: 10 × the offer's per-request amount, the
+    /// reference implementation's `minDeposit` default). It applies to every deposit: one the
+    /// request needs (the channel cannot cover its voucher) and a top-up alike, so no payer can
+    /// make the relayer pay a deposit's gas for less. `Some(0)` disables it. Refused with
+    /// `deposit_below_min_deposit` before the facilitator is called.
+    pub min_deposit: Option<u128>,
+    /// The smallest partial refund relayed (default `None`: 10 × the offer's per-request
+    /// amount). A refund of everything refundable is always allowed (it empties the channel,
+    /// so it cannot be repeated). `Some(0)` disables it. Refused with `refund_amount_invalid`
+    /// before the facilitator is called.
+    pub min_refund: Option<u128>,
 }
 
 impl EngineConfig {
@@ -65,9 +124,20 @@ impl EngineConfig {
             backend: Backend::default(),
             cache_capacity: 100_000,
             receiver_authorizer: None,
+            negative_cache_ttl: Duration::from_secs(2),
+            negative_cache_capacity: 100_000,
+            chain_read_limit: 32,
+            unknown_chain_read_limit: 16,
+            deposit_rate: RateLimit::new(3, Duration::from_secs(60)),
+            refund_rate: RateLimit::new(1, Duration::from_secs(60)),
+            min_deposit: None,
+            min_refund: None,
         }
     }
 }
+
+/// The default minimum deposit and partial refund, in multiples of the offer's amount.
+const DEFAULT_MIN_MULTIPLE: u128 = 10;
 
 /// Why the engine did not serve or commit a request: the rejection, and the offer to send in the
 /// 402 (a corrective offer when the client must resynchronize).
@@ -88,6 +158,18 @@ impl Decline {
     }
     fn code(code: ErrorCode, msg: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Self::plain(Rejection::new(code, msg))
+    }
+    /// An outside failure (chain, facilitator, store): the client gets the code and a generic
+    /// message; the detail, which may quote an RPC URL with its API key, goes to the log only
+    /// and redacted.
+    fn outside(
+        code: ErrorCode,
+        generic: &'static str,
+        channel: B256,
+        detail: &dyn std::fmt::Display,
+    ) -> Self {
+        tracing::warn!(target: TARGET, channel = %channel, code = %code, error = %redact_urls(&detail.to_string()), "{generic}");
+        Self::code(code, generic)
     }
 }
 
@@ -138,7 +220,7 @@ impl Ticket {
 fn with_state(
     slot: &Slot,
     id: B256,
-    config: paychan_core::batch::ChannelConfig,
+    config: ChannelConfig,
     state: OnchainState,
     now: u64,
 ) -> ChannelRecord {
@@ -156,7 +238,7 @@ const MAX_PENDING_DEPOSITS: usize = 10_000;
 
 /// Identifies one deposit authorization: its channel and ERC-3009 salt (or, for other
 /// authorizations, the voucher signature).
-fn deposit_key(channel_id: B256, d: &paychan_core::batch::DepositPayload) -> B256 {
+fn deposit_key(channel_id: B256, d: &DepositPayload) -> B256 {
     let salt = d
         .deposit
         .authorization
@@ -171,6 +253,14 @@ fn deposit_key(channel_id: B256, d: &paychan_core::batch::DepositPayload) -> B25
     alloy_primitives::keccak256(buf)
 }
 
+/// What the cheap checks learned about a voucher's channel before its lock was taken.
+struct Screened {
+    /// The payer authorizer's key, recovered from the voucher.
+    key: Option<SignerKey>,
+    /// On-chain state read for a channel the store does not know.
+    state: Option<OnchainState>,
+}
+
 struct Inner<S, C, F, K> {
     config: EngineConfig,
     pending_deposits: std::sync::Mutex<std::collections::HashSet<B256>>,
@@ -179,6 +269,10 @@ struct Inner<S, C, F, K> {
     facilitator: F,
     clock: K,
     slots: Slots,
+    negative: NegativeCache,
+    deposits: RateLimiter,
+    refunds: RateLimiter,
+    reads: ReadGate,
     metrics: Metrics,
     events: broadcast::Sender<EngineEvent>,
 }
@@ -217,6 +311,16 @@ fn snapshot_from(
     serde_json::from_value(v).ok()
 }
 
+/// The declined answer to a facilitator's refusal: its code and the code's description (a
+/// remote facilitator's message may quote its own RPC errors); the message goes to the log.
+fn facilitator_refusal(code: ErrorCode, message: Option<String>, channel: B256) -> Decline {
+    if let Some(m) = message {
+        tracing::info!(target: TARGET, channel = %channel, code = %code, message = %redact_urls(&m), "facilitator refused");
+    }
+    let description = code.description().to_owned();
+    Decline::code(code, description)
+}
+
 impl<S: Store, C: OnchainSource, F: PaymentFacilitator> Engine<S, C, F, SystemClock> {
     /// An engine on the system clock.
     pub fn new(config: EngineConfig, store: S, chain: C, facilitator: F) -> Self {
@@ -229,6 +333,11 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
     pub fn with_clock(config: EngineConfig, store: S, chain: C, facilitator: F, clock: K) -> Self {
         let (events, _) = broadcast::channel(4096);
         let slots = Slots::new(config.cache_capacity);
+        let negative =
+            NegativeCache::new(config.negative_cache_ttl, config.negative_cache_capacity);
+        let deposits = RateLimiter::new(config.deposit_rate);
+        let refunds = RateLimiter::new(config.refund_rate);
+        let reads = ReadGate::new(config.chain_read_limit, config.unknown_chain_read_limit);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -238,6 +347,10 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                 facilitator,
                 clock,
                 slots,
+                negative,
+                deposits,
+                refunds,
+                reads,
                 metrics: Metrics::default(),
                 events,
             }),
@@ -279,10 +392,13 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
             domain: &self.inner.config.domain,
             requirements: req,
             now_ms,
-            max_onchain_age_ms: u64::try_from(self.inner.config.max_onchain_age.as_millis())
-                .unwrap_or(u64::MAX),
+            max_onchain_age_ms: self.max_age_ms(),
             backend: self.inner.config.backend,
         }
+    }
+
+    fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.inner.config.max_onchain_age.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn guard_ms(&self) -> u64 {
@@ -313,24 +429,52 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
 
     async fn load(&self, guard: &mut Slot, id: B256) -> Result<(), Decline> {
         if !guard.loaded {
-            guard.record = self.inner.store.channel(id).await.map_err(|e| {
-                Decline::code(
-                    ErrorCode::VerificationStateUnavailable,
-                    format!("store read failed: {e}"),
-                )
-            })?;
+            guard.record = self.read_store(id).await?;
             guard.loaded = true;
         }
         Ok(())
     }
 
-    async fn read_chain(&self, id: B256) -> Result<OnchainState, Decline> {
+    async fn read_store(&self, id: B256) -> Result<Option<ChannelRecord>, Decline> {
+        self.inner.store.channel(id).await.map_err(|e| {
+            Decline::outside(
+                ErrorCode::VerificationStateUnavailable,
+                "the channel's record could not be read; retry shortly",
+                id,
+                &e,
+            )
+        })
+    }
+
+    /// Reads a channel's on-chain state under the read cap. `known`: the store has a record of
+    /// the channel (it waits for a turn); otherwise it waits at most the busy wait for one.
+    /// A channel found empty goes into the negative cache.
+    async fn read_chain(&self, id: B256, known: bool) -> Result<OnchainState, Decline> {
+        let turn = if known {
+            self.inner.reads.known().await
+        } else {
+            self.inner.reads.unknown(self.inner.config.busy_wait).await
+        };
+        let Some(_turn) = turn else {
+            Metrics::inc(&self.inner.metrics.chain_reads_refused);
+            return Err(Decline::code(
+                ErrorCode::ChannelStateReadFailed,
+                "too many channel-state reads in flight; retry shortly",
+            ));
+        };
         Metrics::inc(&self.inner.metrics.chain_reads);
-        self.inner
-            .chain
-            .channel_state(id)
-            .await
-            .map_err(|e| Decline::code(ErrorCode::ChannelStateReadFailed, e.to_string()))
+        let state = self.inner.chain.channel_state(id).await.map_err(|e| {
+            Decline::outside(
+                ErrorCode::ChannelStateReadFailed,
+                "the channel's on-chain state could not be read; retry shortly",
+                id,
+                &e,
+            )
+        })?;
+        if state.balance == 0 {
+            self.inner.negative.insert(id, self.now());
+        }
+        Ok(state)
     }
 
     /// A record for `id`, refreshed from chain if it is missing or stale.
@@ -338,24 +482,78 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         &self,
         guard: &mut Slot,
         id: B256,
-        config: &paychan_core::batch::ChannelConfig,
+        config: &ChannelConfig,
         now: u64,
     ) -> Result<ChannelRecord, Decline> {
-        let max_age =
-            u64::try_from(self.inner.config.max_onchain_age.as_millis()).unwrap_or(u64::MAX);
         match guard.record.clone() {
-            Some(r) if r.is_fresh(now, max_age) => Ok(r),
+            Some(r) if r.is_fresh(now, self.max_age_ms()) => Ok(r),
             Some(mut r) => {
-                r.sync_onchain(self.read_chain(id).await?, now);
+                r.sync_onchain(self.read_chain(id, true).await?, now);
                 Ok(r)
             }
             None => Ok(ChannelRecord::from_chain(
                 id,
                 *config,
-                self.read_chain(id).await?,
+                self.read_chain(id, false).await?,
                 now,
             )),
         }
+    }
+
+    /// The voucher's signature recovers to the config's payer authorizer: the check that needs
+    /// no channel state, done before any lock, store read or chain read on a channel not held
+    /// in memory. Returns the recovered key for the slot's cache.
+    fn precheck_signature(
+        &self,
+        config: &ChannelConfig,
+        voucher: &VoucherFields,
+    ) -> Result<SignerKey, Decline> {
+        if config.payer_authorizer == Address::ZERO {
+            return Err(eip1271_unsupported());
+        }
+        let sig = Signature::from_bytes(&voucher.signature)
+            .map_err(|e| Decline::code(ErrorCode::VoucherSignature, e.to_string()))?;
+        let digest = self
+            .inner
+            .config
+            .domain
+            .voucher_digest(voucher.channel_id, voucher.max_claimable_amount);
+        self.inner
+            .config
+            .backend
+            .recover_expecting(&digest, &sig, config.payer_authorizer)
+            .map_err(|e| Decline::code(ErrorCode::VoucherSignature, e.to_string()))
+    }
+
+    /// A refusal by a per-channel rate limit, `wait_ms` before the next operation is allowed.
+    fn rate_limited(&self, what: &str, limit: RateLimit, wait_ms: u64) -> Decline {
+        Metrics::inc(&self.inner.metrics.rate_limited);
+        // No spec code says "rate limited"; channel_busy is the retryable code closest to it.
+        Decline::code(
+            ErrorCode::ChannelBusy,
+            format!(
+                "at most {} {what} per channel every {} s; retry in {} s",
+                limit.count,
+                limit.window.as_secs(),
+                wait_ms.div_ceil(1000)
+            ),
+        )
+    }
+
+    /// The smallest deposit relayed for `offer`.
+    fn min_deposit(&self, offer: &BatchRequirements) -> u128 {
+        self.inner
+            .config
+            .min_deposit
+            .unwrap_or_else(|| offer.amount.saturating_mul(DEFAULT_MIN_MULTIPLE))
+    }
+
+    /// The smallest partial refund relayed for `offer`.
+    fn min_refund(&self, offer: &BatchRequirements) -> u128 {
+        self.inner
+            .config
+            .min_refund
+            .unwrap_or_else(|| offer.amount.saturating_mul(DEFAULT_MIN_MULTIPLE))
     }
 
     /// Starts a paid request: checks the payment against `offer` and reserves the channel, or
@@ -368,6 +566,29 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         Metrics::inc(&self.inner.metrics.requests);
         let r = self.begin_inner(p, offer).await;
         r.map_err(|d| self.decline(d))
+    }
+
+    async fn begin_inner(
+        &self,
+        p: &PaymentPayload<BatchPayload>,
+        offer: &BatchRequirements,
+    ) -> Result<Begin, Decline> {
+        if p.x402_version != X402_VERSION {
+            return Err(Decline::code(
+                ErrorCode::InvalidX402Version,
+                format!("x402Version {} is not 2", p.x402_version),
+            ));
+        }
+        offer.matches_accepted(&p.accepted)?;
+        match &p.payload {
+            BatchPayload::Voucher(v) => self.begin_voucher(v, offer).await,
+            BatchPayload::Deposit(d) => self.begin_deposit(p, d, offer).await,
+            BatchPayload::Refund(r) => self.refund(p, r, offer).await.map(Begin::Done),
+            BatchPayload::Claim(_) | BatchPayload::Settle(_) => Err(Decline::code(
+                ErrorCode::PayloadType,
+                format!("a client cannot send a {} payload", p.payload.kind()),
+            )),
+        }
     }
 
     /// A reservation made: caches the signer key it recovered, counts it, and hands out the
@@ -393,178 +614,284 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         }))
     }
 
-    async fn begin_inner(
+    /// A `voucher` payload: pay for this request from the channel's balance.
+    async fn begin_voucher(
         &self,
-        p: &PaymentPayload<BatchPayload>,
+        v: &VoucherPayload,
         offer: &BatchRequirements,
     ) -> Result<Begin, Decline> {
-        if p.x402_version != X402_VERSION {
+        let id = v.voucher.channel_id;
+        let screened = if self.inner.slots.peek(&id).is_some() {
+            None
+        } else {
+            let s = self.screen(v, offer).await;
+            if s.is_err() {
+                Metrics::inc(&self.inner.metrics.screened_out);
+            }
+            Some(s?)
+        };
+        let mut guard = self.lock(id).await?;
+        self.load(&mut guard, id).await?;
+        let mut prefetched = None;
+        if let Some(s) = screened {
+            if guard.key.is_none() {
+                guard.key = s.key;
+            }
+            prefetched = s.state;
+        } else if guard
+            .record
+            .as_ref()
+            .is_some_and(|r| r.channel_id == id && r.config == v.channel_config)
+        {
+            // A stored record was bound when it was created: the same config under the same
+            // id needs no re-hashing, only the offer's terms.
+            payee::check_offer_terms(&v.channel_config, offer)?;
+        } else {
+            // Anything else is hashed first (channel id before terms, as the reference
+            // facilitator orders them).
+            payee::check_binding(
+                &v.channel_config,
+                &v.voucher,
+                &self.inner.config.domain,
+                offer,
+            )?;
+        }
+        let now = self.now();
+        let mut record = match (&guard.record, prefetched) {
+            (None, Some(state)) => ChannelRecord::from_chain(id, v.channel_config, state, now),
+            _ => {
+                self.fresh_record(&mut guard, id, &v.channel_config, now)
+                    .await?
+            }
+        };
+        let check = |record: &ChannelRecord, key: Option<&SignerKey>| {
+            payee::check_paid(record, key, &v.voucher, None, &self.ctx(offer, now))
+        };
+        let res = match check(&record, guard.key.as_ref()) {
+            Err(Refusal::NeedsOnchainState) => {
+                // The clock moved past the freshness bound between reads: refresh once.
+                let known = guard.record.is_some();
+                record.sync_onchain(self.read_chain(id, known).await?, now);
+                check(&record, guard.key.as_ref())
+            }
+            other => other,
+        };
+        let res = self.refusal_to_decline(res, offer, &record)?;
+        payee::check_withdrawal_window(&record, now, self.guard_ms())?;
+        Ok(self.reserved(guard, record, res, offer, None))
+    }
+
+    /// The cheap checks on a voucher for a channel not held in memory, in order of cost:
+    /// binding (a hash), the negative cache, the signature (one recovery), the store (is the
+    /// channel known?) and, for a channel the store does not know, one capped chain read. Only
+    /// a channel with money on chain goes on to take a slot in memory.
+    async fn screen(
+        &self,
+        v: &VoucherPayload,
+        offer: &BatchRequirements,
+    ) -> Result<Screened, Decline> {
+        let id = payee::check_binding(
+            &v.channel_config,
+            &v.voucher,
+            &self.inner.config.domain,
+            offer,
+        )?;
+        if self.inner.negative.contains(&id, self.now()) {
+            Metrics::inc(&self.inner.metrics.negative_hits);
             return Err(Decline::code(
-                ErrorCode::InvalidX402Version,
-                format!("x402Version {} is not 2", p.x402_version),
+                ErrorCode::ChannelNotFound,
+                "channel has no balance",
             ));
         }
-        offer.matches_accepted(&p.accepted)?;
-        let domain = self.inner.config.domain;
-        match &p.payload {
-            BatchPayload::Voucher(v) => {
-                let id = v.voucher.channel_id;
-                let mut guard = self.lock(id).await?;
-                self.load(&mut guard, id).await?;
-                // A stored record was bound when it was created: the same config under the same
-                // id needs no re-hashing, only the offer's terms. Anything else is hashed first
-                // (channel id before terms, as the reference facilitator orders them).
-                if guard
-                    .record
-                    .as_ref()
-                    .is_some_and(|r| r.channel_id == id && r.config == v.channel_config)
-                {
-                    payee::check_offer_terms(&v.channel_config, offer)?;
-                } else {
-                    payee::check_binding(&v.channel_config, &v.voucher, &domain, offer)?;
-                }
-                let now = self.now();
-                let mut record = self
-                    .fresh_record(&mut guard, id, &v.channel_config, now)
-                    .await?;
-                let res = match payee::check_paid(
+        let key = self.precheck_signature(&v.channel_config, &v.voucher)?;
+        if self.read_store(id).await?.is_some() {
+            return Ok(Screened {
+                key: Some(key),
+                state: None,
+            });
+        }
+        let state = self.read_chain(id, false).await?;
+        if state.balance == 0 {
+            return Err(Decline::code(
+                ErrorCode::ChannelNotFound,
+                "channel has no balance",
+            ));
+        }
+        Ok(Screened {
+            key: Some(key),
+            state: Some(state),
+        })
+    }
+
+    /// A `deposit` payload: open or top up the channel through the facilitator, then pay for
+    /// this request.
+    async fn begin_deposit(
+        &self,
+        p: &PaymentPayload<BatchPayload>,
+        d: &DepositPayload,
+        offer: &BatchRequirements,
+    ) -> Result<Begin, Decline> {
+        let id = payee::check_binding(
+            &d.channel_config,
+            &d.voucher,
+            &self.inner.config.domain,
+            offer,
+        )?;
+        // A deposit spends the relayer's gas: its size, signature and rate are checked before
+        // the channel's lock, the chain or the facilitator.
+        let min = self.min_deposit(offer);
+        if d.deposit.amount < min {
+            return Err(Decline::code(
+                ErrorCode::DepositBelowMinDeposit,
+                format!(
+                    "deposit {} is below this server's minimum deposit {min}",
+                    d.deposit.amount
+                ),
+            ));
+        }
+        let key = self.precheck_signature(&d.channel_config, &d.voucher)?;
+        // A deposit whose settlement answered `settlement_pending` may already be on chain;
+        // verifying it again would refuse its (now used) authorization. Its retry goes straight
+        // to settle, which reconciles with the earlier transaction, and is not counted again.
+        let pending_key = deposit_key(id, d);
+        let was_pending = self
+            .inner
+            .pending_deposits
+            .lock()
+            .is_ok_and(|p| p.contains(&pending_key));
+        let limit = self.inner.config.deposit_rate;
+        if !was_pending && let Err(wait) = self.inner.deposits.check(&id, self.now()) {
+            return Err(self.rate_limited("deposits", limit, wait));
+        }
+        let mut guard = self.lock(id).await?;
+        self.load(&mut guard, id).await?;
+        if guard.key.is_none() {
+            guard.key = Some(key);
+        }
+        let generic = offer.to_generic();
+        let checked = if was_pending {
+            None
+        } else {
+            let checked = self
+                .verify_deposit(p, d, &guard, id, offer, &generic)
+                .await?;
+            if let Err(wait) = self.inner.deposits.acquire(id, self.now()) {
+                return Err(self.rate_limited("deposits", limit, wait));
+            }
+            Some(checked)
+        };
+        // Whatever happens to the deposit from here (even this request going away while it is
+        // relayed), the next check on this channel re-reads its balance.
+        if let Some(r) = guard.record.as_mut() {
+            r.onchain_synced_at = 0;
+        }
+        // Execute the deposit before serving: the handler never runs against money that is not
+        // in the channel yet.
+        let settled = self
+            .inner
+            .facilitator
+            .settle(p, &generic)
+            .await
+            .map_err(|e| {
+                Decline::outside(
+                    ErrorCode::DepositTransactionFailed,
+                    "the deposit could not be executed",
+                    id,
+                    &e,
+                )
+            })?;
+        if !settled.success {
+            let code = settled
+                .error_reason
+                .unwrap_or(ErrorCode::DepositTransactionFailed);
+            if code == ErrorCode::SettlementPending
+                && let Ok(mut pending) = self.inner.pending_deposits.lock()
+                && pending.len() < MAX_PENDING_DEPOSITS
+            {
+                pending.insert(pending_key);
+            }
+            return Err(facilitator_refusal(code, settled.error_message, id));
+        }
+        if let Ok(mut pending) = self.inner.pending_deposits.lock() {
+            pending.remove(&pending_key);
+        }
+        self.inner.negative.remove(&id);
+        Metrics::inc(&self.inner.metrics.deposits);
+        let tx: B256 = settled.transaction.parse().unwrap_or_default();
+        let after = match snapshot_from(settled.extra.as_ref(), true) {
+            Some(s) => OnchainState::from(&s),
+            None => self.read_chain(id, true).await?,
+        };
+        let now = self.now();
+        let (record, res) = match checked {
+            Some((mut record, res)) => {
+                record.sync_onchain(after, now);
+                (record, res)
+            }
+            None => {
+                // The deposit is on chain now: check the voucher against that state (its
+                // amount is already in the balance).
+                let record = with_state(&guard, id, d.channel_config, after, now);
+                let res = payee::check_paid(
                     &record,
                     guard.key.as_ref(),
-                    &v.voucher,
-                    None,
+                    &d.voucher,
+                    Some(0),
                     &self.ctx(offer, now),
-                ) {
-                    Err(Refusal::NeedsOnchainState) => {
-                        // The clock moved past the freshness bound between reads: refresh once.
-                        record.sync_onchain(self.read_chain(id).await?, now);
-                        payee::check_paid(
-                            &record,
-                            guard.key.as_ref(),
-                            &v.voucher,
-                            None,
-                            &self.ctx(offer, now),
-                        )
-                    }
-                    other => other,
-                };
+                );
                 let res = self.refusal_to_decline(res, offer, &record)?;
-                payee::check_withdrawal_window(&record, now, self.guard_ms())?;
-                Ok(self.reserved(guard, record, res, offer, None))
+                (record, res)
             }
-            BatchPayload::Deposit(d) => {
-                let id = payee::check_binding(&d.channel_config, &d.voucher, &domain, offer)?;
-                let mut guard = self.lock(id).await?;
-                self.load(&mut guard, id).await?;
-                let generic = offer.to_generic();
-                // A deposit whose settlement answered `settlement_pending` may already be on
-                // chain; verifying it again would refuse its (now used) authorization. Its retry
-                // goes straight to settle, which reconciles with the earlier transaction.
-                let pending_key = deposit_key(id, d);
-                let was_pending = self
-                    .inner
-                    .pending_deposits
-                    .lock()
-                    .is_ok_and(|p| p.contains(&pending_key));
-                let mut checked = None;
-                if !was_pending {
-                    let verify = self
-                        .inner
-                        .facilitator
-                        .verify(p, &generic)
-                        .await
-                        .map_err(|e| {
-                            Decline::code(ErrorCode::DepositSimulationFailed, e.to_string())
-                        })?;
-                    if !verify.is_valid {
-                        let code = verify.invalid_reason.unwrap_or(ErrorCode::DepositPayload);
-                        let msg = verify
-                            .invalid_message
-                            .unwrap_or_else(|| code.description().to_owned());
-                        return Err(Decline::code(code, msg));
-                    }
-                    let now = self.now();
-                    let state = match snapshot_from(verify.extra.as_ref(), false) {
-                        Some(s) => OnchainState::from(&s),
-                        None => self.read_chain(id).await?,
-                    };
-                    let record = with_state(&guard, id, d.channel_config, state, now);
-                    // The voucher is checked against the balance the deposit will make, before
-                    // the deposit is executed: a wrong voucher never moves the payer's money.
-                    let res = payee::check_paid(
-                        &record,
-                        guard.key.as_ref(),
-                        &d.voucher,
-                        Some(d.deposit.amount),
-                        &self.ctx(offer, now),
-                    );
-                    let res = self.refusal_to_decline(res, offer, &record)?;
-                    // A deposit into a channel that is being withdrawn would be served too late to claim.
-                    payee::check_withdrawal_window(&record, now, self.guard_ms())?;
-                    checked = Some((record.clone(), res));
-                }
-                // Execute the deposit before serving: the handler never runs against money that
-                // is not in the channel yet.
-                let settled = self
-                    .inner
-                    .facilitator
-                    .settle(p, &generic)
-                    .await
-                    .map_err(|e| {
-                        Decline::code(ErrorCode::DepositTransactionFailed, e.to_string())
-                    })?;
-                if !settled.success {
-                    let code = settled
-                        .error_reason
-                        .unwrap_or(ErrorCode::DepositTransactionFailed);
-                    if code == ErrorCode::SettlementPending
-                        && let Ok(mut pending) = self.inner.pending_deposits.lock()
-                        && pending.len() < MAX_PENDING_DEPOSITS
-                    {
-                        pending.insert(pending_key);
-                    }
-                    let msg = settled
-                        .error_message
-                        .unwrap_or_else(|| code.description().to_owned());
-                    return Err(Decline::code(code, msg));
-                }
-                if let Ok(mut pending) = self.inner.pending_deposits.lock() {
-                    pending.remove(&pending_key);
-                }
-                Metrics::inc(&self.inner.metrics.deposits);
-                let tx: B256 = settled.transaction.parse().unwrap_or_default();
-                let after = match snapshot_from(settled.extra.as_ref(), true) {
-                    Some(s) => OnchainState::from(&s),
-                    None => self.read_chain(id).await?,
-                };
-                let now = self.now();
-                let (record, res) = match checked {
-                    Some((mut record, res)) => {
-                        record.sync_onchain(after, now);
-                        (record, res)
-                    }
-                    None => {
-                        // The deposit is on chain now: check the voucher against that state (its
-                        // amount is already in the balance).
-                        let record = with_state(&guard, id, d.channel_config, after, now);
-                        let res = payee::check_paid(
-                            &record,
-                            guard.key.as_ref(),
-                            &d.voucher,
-                            Some(0),
-                            &self.ctx(offer, now),
-                        );
-                        let res = self.refusal_to_decline(res, offer, &record)?;
-                        (record, res)
-                    }
-                };
-                Ok(self.reserved(guard, record, res, offer, Some((tx, d.deposit.amount))))
-            }
-            BatchPayload::Refund(r) => self.refund(p, r, offer).await.map(Begin::Done),
-            BatchPayload::Claim(_) | BatchPayload::Settle(_) => Err(Decline::code(
-                ErrorCode::PayloadType,
-                format!("a client cannot send a {} payload", p.payload.kind()),
-            )),
+        };
+        Ok(self.reserved(guard, record, res, offer, Some((tx, d.deposit.amount))))
+    }
+
+    /// The facilitator's verify of a deposit, then the voucher checked against the balance the
+    /// deposit will make, before the deposit is executed: a wrong voucher never moves the
+    /// payer's money.
+    async fn verify_deposit(
+        &self,
+        p: &PaymentPayload<BatchPayload>,
+        d: &DepositPayload,
+        guard: &Slot,
+        id: B256,
+        offer: &BatchRequirements,
+        generic: &PaymentRequirements,
+    ) -> Result<(ChannelRecord, Reservation), Decline> {
+        let verify = self
+            .inner
+            .facilitator
+            .verify(p, generic)
+            .await
+            .map_err(|e| {
+                Decline::outside(
+                    ErrorCode::DepositSimulationFailed,
+                    "the deposit could not be verified",
+                    id,
+                    &e,
+                )
+            })?;
+        if !verify.is_valid {
+            let code = verify.invalid_reason.unwrap_or(ErrorCode::DepositPayload);
+            return Err(facilitator_refusal(code, verify.invalid_message, id));
         }
+        let now = self.now();
+        let state = match snapshot_from(verify.extra.as_ref(), false) {
+            Some(s) => OnchainState::from(&s),
+            None => self.read_chain(id, true).await?,
+        };
+        let record = with_state(guard, id, d.channel_config, state, now);
+        let res = payee::check_paid(
+            &record,
+            guard.key.as_ref(),
+            &d.voucher,
+            Some(d.deposit.amount),
+            &self.ctx(offer, now),
+        );
+        let res = self.refusal_to_decline(res, offer, &record)?;
+        // A deposit into a channel that is being withdrawn would be served too late to claim.
+        payee::check_withdrawal_window(&record, now, self.guard_ms())?;
+        Ok((record, res))
     }
 
     fn refusal_to_decline<T>(
@@ -593,27 +920,42 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                 ErrorCode::ChannelStateReadFailed,
                 "channel state could not be refreshed",
             )),
-            Err(Refusal::NeedsFacilitator) => Err(Decline::code(
-                ErrorCode::VoucherSignature,
-                "vouchers of smart-contract payers (payerAuthorizer zero, EIP-1271) are not supported by this server; use an EOA payerAuthorizer",
-            )),
+            Err(Refusal::NeedsFacilitator) => Err(eip1271_unsupported()),
         }
     }
 
+    /// A `refund` payload: claim what was charged and return (part of) the rest on chain.
     async fn refund(
         &self,
         p: &PaymentPayload<BatchPayload>,
-        r: &paychan_core::batch::RefundPayload,
+        r: &RefundPayload,
         offer: &BatchRequirements,
     ) -> Result<SettlementResponse, Decline> {
         let domain = self.inner.config.domain;
         let id = payee::check_binding(&r.channel_config, &r.voucher, &domain, offer)?;
+        // A refund spends the relayer's gas: the cheap refusals come before the channel's lock
+        // and the chain.
+        if self.inner.negative.contains(&id, self.now()) {
+            Metrics::inc(&self.inner.metrics.negative_hits);
+            return Err(Decline::code(
+                ErrorCode::RefundNoBalance,
+                "nothing left to refund",
+            ));
+        }
+        let key = self.precheck_signature(&r.channel_config, &r.voucher)?;
+        let limit = self.inner.config.refund_rate;
+        if let Err(wait) = self.inner.refunds.check(&id, self.now()) {
+            return Err(self.rate_limited("refunds", limit, wait));
+        }
         let mut guard = self.lock(id).await?;
         self.load(&mut guard, id).await?;
+        if guard.key.is_none() {
+            guard.key = Some(key);
+        }
         let now = self.now();
         // A refund moves money: always decide on freshly read chain state.
-        let state = self.read_chain(id).await?;
-        let mut record = with_state(&guard, id, r.channel_config, state, now);
+        let state = self.read_chain(id, true).await?;
+        let record = with_state(&guard, id, r.channel_config, state, now);
         let (plan, key) = self.refusal_to_decline(
             payee::check_refund(&record, guard.key.as_ref(), r, &self.ctx(offer, now)),
             offer,
@@ -621,6 +963,15 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         )?;
         if let Some(k) = key {
             guard.key = Some(k);
+        }
+        let min = self.min_refund(offer);
+        if !plan.full && plan.amount < min {
+            return Err(Decline::code(
+                ErrorCode::RefundAmountInvalid,
+                format!(
+                    "a partial refund must be at least {min}; ask for everything refundable (no amount) instead"
+                ),
+            ));
         }
         let completed = payee::complete_refund(
             &domain,
@@ -635,24 +986,67 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
             payload: BatchPayload::Refund(completed),
             extensions: p.extensions.clone(),
         };
+        if let Err(wait) = self.inner.refunds.acquire(id, self.now()) {
+            return Err(self.rate_limited("refunds", limit, wait));
+        }
+        // From the relay on, the refund runs in its own task holding the channel's lock: if
+        // this request goes away, the refund still completes and its record is saved, so no
+        // later request is judged against the balance from before it.
+        let engine = self.clone();
+        let network = offer.network.clone();
+        let generic = offer.to_generic();
+        let task = tokio::spawn(async move {
+            engine
+                .relay_refund(guard, record, plan, enriched, generic, network)
+                .await
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(Decline::outside(
+                ErrorCode::UnexpectedSettleError,
+                "the refund did not complete",
+                id,
+                &e,
+            ))
+        })
+    }
+
+    /// The refund's relay and the record after it; owns the channel's lock until both are done.
+    async fn relay_refund(
+        self,
+        mut guard: OwnedMutexGuard<Slot>,
+        mut record: ChannelRecord,
+        plan: RefundPlan,
+        enriched: PaymentPayload<BatchPayload>,
+        generic: PaymentRequirements,
+        network: Network,
+    ) -> Result<SettlementResponse, Decline> {
+        let id = record.channel_id;
+        // Whatever happens from here, the next check on this channel re-reads its balance.
+        if let Some(r) = guard.record.as_mut() {
+            r.onchain_synced_at = 0;
+        }
         let settled = self
             .inner
             .facilitator
-            .settle(&enriched, &offer.to_generic())
+            .settle(&enriched, &generic)
             .await
-            .map_err(|e| Decline::code(ErrorCode::RefundTransactionFailed, e.to_string()))?;
+            .map_err(|e| {
+                Decline::outside(
+                    ErrorCode::RefundTransactionFailed,
+                    "the refund could not be executed",
+                    id,
+                    &e,
+                )
+            })?;
         if !settled.success {
             let code = settled
                 .error_reason
                 .unwrap_or(ErrorCode::RefundTransactionFailed);
-            let msg = settled
-                .error_message
-                .unwrap_or_else(|| code.description().to_owned());
-            return Err(Decline::code(code, msg));
+            return Err(facilitator_refusal(code, settled.error_message, id));
         }
         let after = match snapshot_from(settled.extra.as_ref(), true) {
             Some(s) => OnchainState::from(&s),
-            None => self.read_chain(id).await?,
+            None => self.read_chain(id, true).await?,
         };
         let refunded = settled
             .amount
@@ -660,33 +1054,40 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
             .and_then(|a| a.parse::<u128>().ok())
             .unwrap_or(plan.amount);
         payee::apply_refund(&mut record, &plan, after, self.now());
-        self.inner
+        if let Err(e) = self
+            .inner
             .store
             .commit(WriteBatch::channel(record.clone()))
             .await
-            .map_err(|e| {
-                Decline::code(
-                    ErrorCode::UnexpectedSettleError,
-                    format!("refund done on chain, record not saved: {e}"),
-                )
-            })?;
+        {
+            // The log may or may not hold the write: read the record again on next use.
+            guard.loaded = false;
+            guard.record = None;
+            return Err(Decline::outside(
+                ErrorCode::UnexpectedSettleError,
+                "refund done on chain, record not saved",
+                id,
+                &e,
+            ));
+        }
         guard.record = Some(record.clone());
+        guard.loaded = true;
         Metrics::inc(&self.inner.metrics.refunds);
         let _ = self.inner.events.send(EngineEvent::Refunded {
             channel_id: id,
             amount: refunded,
         });
+        drop(self);
+        drop(guard);
         let tx: B256 = settled.transaction.parse().unwrap_or_default();
-        Ok(payee::refund_response(
-            &record,
-            &offer.network,
-            tx,
-            refunded,
-        ))
+        Ok(payee::refund_response(&record, &network, tx, refunded))
     }
 
     /// Commits the handler's actual price (≤ the ticket's maximum) durably and returns the
     /// `PAYMENT-RESPONSE`. On error nothing is charged and the client may retry the same voucher.
+    ///
+    /// Once the write has started it finishes even if this future is dropped: the write and the
+    /// in-memory record are updated together by a task that owns the channel's lock.
     pub async fn commit(
         &self,
         ticket: Box<Ticket>,
@@ -702,22 +1103,77 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         let now = self.now();
         let charge = payee::commit(&mut record, &reservation, actual, now)
             .map_err(|r| self.decline(r.into()))?;
-        if charge.amount > 0 || deposit.is_some() {
-            let batch = WriteBatch::channel(record.clone());
-            let started = std::time::Instant::now();
-            self.inner.store.commit(batch).await.map_err(|e| {
-                Metrics::inc(&self.inner.metrics.aborted);
-                tracing::error!(target: "paychan_engine", channel = %record.channel_id, error = %e, "charge not saved");
-                self.decline(Decline::code(ErrorCode::UnexpectedSettleError, format!("charge could not be saved: {e}")))
-            })?;
-            self.inner.metrics.commit_nanos.fetch_add(
-                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+        let record = if charge.amount > 0 || deposit.is_some() {
+            let engine = self.clone();
+            let id = record.channel_id;
+            let task =
+                tokio::spawn(async move { engine.persist_charge(guard, record, charge).await });
+            task.await
+                .unwrap_or_else(|e| {
+                    Err(Decline::outside(
+                        ErrorCode::UnexpectedSettleError,
+                        "the charge could not be saved",
+                        id,
+                        &e,
+                    ))
+                })
+                .map_err(|d| self.decline(d))?
+        } else {
+            // Nothing to write (a free request changes nothing).
+            guard.record = Some(record.clone());
+            guard.loaded = true;
+            drop(guard);
+            self.committed(&record, &charge);
+            record
+        };
+        Ok(match deposit {
+            Some((tx, amount)) => payee::deposit_response(&record, &charge, &network, tx, amount),
+            None => payee::voucher_response(&record, &charge, &network),
+        })
+    }
+
+    /// The durable part of a commit: writes the record, then makes it the slot's. Runs in its
+    /// own task and owns the channel's lock until both are done.
+    async fn persist_charge(
+        self,
+        mut guard: OwnedMutexGuard<Slot>,
+        record: ChannelRecord,
+        charge: Charge,
+    ) -> Result<ChannelRecord, Decline> {
+        let started = std::time::Instant::now();
+        if let Err(e) = self
+            .inner
+            .store
+            .commit(WriteBatch::channel(record.clone()))
+            .await
+        {
+            Metrics::inc(&self.inner.metrics.aborted);
+            // The log may or may not hold the write: read the record again on next use.
+            guard.loaded = false;
+            guard.record = None;
+            return Err(Decline::outside(
+                ErrorCode::UnexpectedSettleError,
+                "the charge could not be saved",
+                record.channel_id,
+                &e,
+            ));
         }
+        self.inner.metrics.commit_nanos.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         guard.record = Some(record.clone());
         guard.loaded = true;
+        self.committed(&record, &charge);
+        // The engine handle goes before the lock: whoever takes the channel next sees an engine
+        // this task no longer holds (a test may then reopen the store).
+        drop(self);
         drop(guard);
+        Ok(record)
+    }
+
+    /// Counts a committed charge and tells the settlement side.
+    fn committed(&self, record: &ChannelRecord, charge: &Charge) {
         Metrics::inc(&self.inner.metrics.committed);
         self.inner.metrics.add_charged(charge.amount);
         if charge.amount > 0 {
@@ -735,10 +1191,6 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
                 unclaimed: record.unclaimed(),
             });
         }
-        Ok(match deposit {
-            Some((tx, amount)) => payee::deposit_response(&record, &charge, &network, tx, amount),
-            None => payee::voucher_response(&record, &charge, &network),
-        })
     }
 
     /// Abandons a reserved request: nothing is charged.
@@ -747,25 +1199,32 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         drop(ticket);
     }
 
-    /// The channel's record, from memory or the store.
+    /// The channel's record, from memory or the store. Does not bring the channel into memory.
     pub async fn channel(&self, id: B256) -> Result<Option<ChannelRecord>, paychan_store::Error> {
-        let slot = self.inner.slots.get(id);
-        let guard = slot.lock().await;
-        if guard.loaded {
-            return Ok(guard.record.clone());
+        if let Some(slot) = self.inner.slots.peek(&id) {
+            let guard = slot.lock().await;
+            if guard.loaded {
+                return Ok(guard.record.clone());
+            }
         }
-        drop(guard);
         self.inner.store.channel(id).await
     }
 
     /// Mirrors new on-chain state of a channel (from the chain watcher or after a claim) into its
     /// record, and raises `NeedsClaim` if a withdrawal now threatens unclaimed charges. Channels
-    /// the store does not know are ignored (their state is read when first paid).
+    /// the store does not know are ignored (their state is read when first paid) and not
+    /// brought into memory.
     pub async fn apply_onchain(
         &self,
         id: B256,
         state: OnchainState,
     ) -> Result<(), paychan_store::Error> {
+        if state.balance > 0 {
+            self.inner.negative.remove(&id);
+        }
+        if self.inner.slots.peek(&id).is_none() && self.inner.store.channel(id).await?.is_none() {
+            return Ok(());
+        }
         let slot = self.inner.slots.get(id);
         let mut guard = slot.lock().await;
         if !guard.loaded {
@@ -790,6 +1249,14 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         }
         Ok(())
     }
+}
+
+/// The refusal of a voucher that only a smart-contract wallet could check (EIP-1271).
+fn eip1271_unsupported() -> Decline {
+    Decline::code(
+        ErrorCode::VoucherSignature,
+        "vouchers of smart-contract payers (payerAuthorizer zero, EIP-1271) are not supported by this server; use an EOA payerAuthorizer",
+    )
 }
 
 /// The charge recorded in a `PAYMENT-RESPONSE`, for clients and tests.

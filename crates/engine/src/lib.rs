@@ -13,17 +13,20 @@
 //! | [`engine`] | the engine, its settings, tickets and declines; the crash-cost table per step |
 //! | [`traits`] | what it needs from outside: on-chain state, a facilitator, a clock |
 //! | [`events`] | events for the settlement side |
+//! | [`limits`] | negative cache, per-channel rate limits, the chain-read cap |
 //! | [`metrics`] | counters |
 //! | [`slots`] | the sharded per-channel lock table |
 
 pub mod engine;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod slots;
 pub mod traits;
 
 pub use engine::{Begin, Decline, Engine, EngineConfig, Ticket, charged_amount};
 pub use events::EngineEvent;
+pub use limits::RateLimit;
 pub use metrics::Metrics;
 pub use traits::{
     Clock, NoFacilitator, OnchainSource, PaymentFacilitator, SourceError, SystemClock,

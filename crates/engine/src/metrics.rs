@@ -25,6 +25,15 @@ pub struct Metrics {
     pub busy: AtomicU64,
     /// On-chain state reads.
     pub chain_reads: AtomicU64,
+    /// Chain reads refused because the cap on concurrent reads was reached.
+    pub chain_reads_refused: AtomicU64,
+    /// Vouchers for channels not held in memory refused by the cheap checks (binding,
+    /// signature), before any lock, store read or chain read.
+    pub screened_out: AtomicU64,
+    /// Vouchers refused from the negative cache (channel recently found absent or empty).
+    pub negative_hits: AtomicU64,
+    /// Deposits and refunds refused by their per-channel rate limit.
+    pub rate_limited: AtomicU64,
     /// Refunds executed.
     pub refunds: AtomicU64,
     /// Deposits executed.

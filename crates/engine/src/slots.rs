@@ -82,6 +82,16 @@ impl Slots {
         shard.entry(id).or_default().clone()
     }
 
+    /// The slot of `id` if it is held in memory; never creates one (so a look-up for an unknown
+    /// channel cannot evict a paying one).
+    pub fn peek(&self, id: &B256) -> Option<SlotRef> {
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
     /// Channels currently held in memory.
     pub fn len(&self) -> usize {
         self.shards

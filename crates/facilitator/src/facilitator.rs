@@ -9,6 +9,7 @@ use paychan_chain::{ChainReader, Relayer};
 use paychan_core::{
     ErrorCode, Network, Rejection,
     batch::{BatchDomain, BatchPayload, ChannelSnapshot, SCHEME, payee::OnchainState},
+    redact::redact_urls,
     sig::{Backend, LocalSigner},
     x402::{
         JsonObject, PaymentPayload, PaymentRequirements, SettlementResponse, SupportedKind,
@@ -34,13 +35,28 @@ pub struct FacilitatorConfig {
     pub valid_before_margin: Duration,
     /// Signature backend for ECDSA checks.
     pub backend: Backend,
+    /// The receivers whose deposits are relayed (the relayer pays the gas of each). Empty (the
+    /// default): only channels whose `receiverAuthorizer` is the key this facilitator holds, so a
+    /// facilitator without a key and without a list relays no deposit at all. A non-empty list
+    /// replaces that default.
+    pub deposit_receivers: Vec<Address>,
+    /// The smallest deposit relayed, in the token's atomic units (default
+    /// [`DEFAULT_MIN_DEPOSIT`]): a deposit costs the relayer a transaction whatever its size, so
+    /// dust deposits would let anyone spend its gas for almost nothing.
+    pub min_deposit: u128,
 }
+
+/// The default [`FacilitatorConfig::min_deposit`]: 1,000 atomic units (0.001 of a six-decimal
+/// stablecoin).
+pub const DEFAULT_MIN_DEPOSIT: u128 = 1_000;
 
 impl Default for FacilitatorConfig {
     fn default() -> Self {
         Self {
             valid_before_margin: Duration::from_secs(6),
             backend: Backend::default(),
+            deposit_receivers: Vec::new(),
+            min_deposit: DEFAULT_MIN_DEPOSIT,
         }
     }
 }
@@ -270,6 +286,26 @@ impl<S: Store> Facilitator<S> {
             .map(|s| Bytes::copy_from_slice(&s.to_bytes()))
             .map_err(|e| Rejection::new(ErrorCode::AuthorizerNotConfigured, e.to_string()))
     }
+}
+
+/// A failed chain read as a client sees it: the code and a generic message. The details (which
+/// may quote the RPC URL, and with it an API key) go to the log only, with URLs cut out.
+pub(crate) fn chain_read_failed(
+    code: ErrorCode,
+    what: &str,
+    e: &paychan_chain::Error,
+) -> Rejection {
+    tracing::warn!(
+        target: crate::TARGET,
+        code = %code,
+        what,
+        error = %redact_urls(&e.to_string()),
+        "chain read failed"
+    );
+    Rejection::new(
+        code,
+        format!("the facilitator could not read {what} from the chain; retry later"),
+    )
 }
 
 /// A channel snapshot (`extra` of `/verify`, `extra.channelState` of `/settle`).

@@ -7,6 +7,12 @@
 //! | well-formed, payment refused (any verification rule, a malformed *scheme* payload, another x402 version) | `200`, `isValid: false` / `success: false` with the code and `invalidMessage` / `errorMessage`, as the reference facilitator answers |
 //! | body not JSON, or not `{x402Version, paymentPayload, paymentRequirements}` of x402 v2 shape | `400`, `{"error": "invalid_request", "message": …}` naming the problem |
 //! | body above [`MAX_BODY_BYTES`] | `413`, `{"error": "payload_too_large", …}` |
+//! | `/verify` or `/settle` without `Authorization: Bearer <token>` ([`router_with`], [`serve_with`]) | `401` + `WWW-Authenticate: Bearer`; the body is not read and nothing is done |
+//! | the listener saturated ([`serve_with`]: connection or in-flight cap) | `503` + `Retry-After` |
+//!
+//! `/supported` is always open: it is public information that reference clients and servers
+//! fetch before they hold any credential. `/verify` and `/settle` are not: `/settle` spends the
+//! relayer's gas and may sign with the receiver-authorizer key.
 
 use std::future::Future;
 
@@ -22,6 +28,7 @@ use paychan_core::{
     ErrorCode, Network, Rejection,
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse, X402_VERSION},
 };
+use paychan_service::{BearerToken, Limits};
 use paychan_store::Store;
 use serde_json::Value;
 
@@ -30,29 +37,90 @@ use crate::{Facilitator, TARGET, facilitator::invalid};
 /// Largest request body accepted (a claim of a few hundred channels fits).
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
-/// The facilitator's router.
+/// The facilitator's router **without authentication**: every route is open. For embedding
+/// behind another authenticating layer, or in tests; a listener reachable by others should use
+/// [`router_with`] / [`serve_with`].
 pub fn router<S: Store>(facilitator: Facilitator<S>) -> Router {
+    paid_routes(facilitator.clone()).merge(open_routes(facilitator))
+}
+
+/// The facilitator's router with `/verify` and `/settle` behind `token` (`401` without it, before
+/// the body is read); `/supported` stays open.
+pub fn router_with<S: Store>(facilitator: Facilitator<S>, token: BearerToken) -> Router {
+    paychan_service::auth::require_bearer(paid_routes(facilitator.clone()), token)
+        .merge(open_routes(facilitator))
+}
+
+fn paid_routes<S: Store>(facilitator: Facilitator<S>) -> Router {
     Router::new()
         .route("/verify", post(verify::<S>))
         .route("/settle", post(settle::<S>))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(facilitator)
+}
+
+fn open_routes<S: Store>(facilitator: Facilitator<S>) -> Router {
+    Router::new()
         .route("/supported", get(supported::<S>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(facilitator)
 }
 
+/// How [`serve_with`] serves the API.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// The bearer token `/verify` and `/settle` require (typically
+    /// [`BearerToken::load_or_create`] on an owner-only file the servers are given too).
+    pub token: BearerToken,
+    /// Listener limits: header-read and idle timeouts, connection and in-flight caps (defaults of
+    /// [`Limits::default`]).
+    pub limits: Limits,
+}
+
+impl HttpOptions {
+    /// `token` with the default listener limits.
+    pub fn new(token: BearerToken) -> Self {
+        Self {
+            token,
+            limits: Limits::default(),
+        }
+    }
+}
+
 /// Serves the facilitator on `listener` until `shutdown` resolves, then finishes in-flight
-/// requests.
+/// requests: `/verify` and `/settle` behind `options.token`, through paychan's hardened listener
+/// within `options.limits`.
+pub async fn serve_with<S: Store>(
+    listener: tokio::net::TcpListener,
+    facilitator: Facilitator<S>,
+    options: HttpOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(target: TARGET, %addr, token_file = ?options.token.path(), "facilitator HTTP API listening (/verify and /settle need the bearer token)");
+    }
+    paychan_service::serve(
+        listener,
+        router_with(facilitator, options.token),
+        options.limits,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves the facilitator **without authentication** on `listener` (through the hardened
+/// listener, default limits) until `shutdown` resolves. Anyone who reaches the port can make the
+/// relayer spend gas and, when the facilitator holds the key, have it sign claims and refunds:
+/// use [`serve_with`] unless the port is reachable only by trusted callers.
 pub async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
     facilitator: Facilitator<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(target: TARGET, %addr, "facilitator HTTP API listening");
+        tracing::warn!(target: TARGET, %addr, "facilitator HTTP API listening WITHOUT authentication (use serve_with and a bearer token)");
     }
-    axum::serve(listener, router(facilitator))
-        .with_graceful_shutdown(shutdown)
-        .await
+    paychan_service::serve(listener, router(facilitator), Limits::default(), shutdown).await
 }
 
 /// A request refused before it reached the facilitator.

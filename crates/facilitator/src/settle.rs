@@ -11,9 +11,10 @@ use paychan_core::{
     ErrorCode, Rejection,
     batch::{
         BatchPayload, BatchRequirements, ChannelConfig, ChannelSnapshot, ClaimPayload, ClaimRow,
-        DepositPayload, RefundPayload, SettleActionPayload, payee,
+        ClaimVoucher, DepositPayload, RefundPayload, SettleActionPayload, VoucherFields, payee,
     },
     hexser::parse_address_bytes,
+    redact::redact_urls,
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse},
 };
 use paychan_store::{JournalEntry, JournalState, Store};
@@ -21,7 +22,7 @@ use serde_json::Value;
 
 use crate::{
     Facilitator, TARGET,
-    facilitator::{snapshot, to_object, truncate},
+    facilitator::{chain_read_failed, snapshot, to_object, truncate},
     records::{self, Action, Key, Record},
     verify::{payer_of, typed_payload},
 };
@@ -99,45 +100,70 @@ impl Action {
     }
 }
 
-/// Maps a relayer error to the action's code.
+/// Maps a relayer error to the action's code. A client sees the code and a short, generic
+/// message (plus the transaction, when one exists); what the node or the RPC client said can quote
+/// the RPC URL, so it goes to the log only, with URLs cut out.
 fn chain_failure(action: Action, e: paychan_chain::Error) -> Failure {
     use paychan_chain::Error as E;
     let (simulation, transaction) = action.codes();
+    let detail = redact_urls(&e.to_string());
     match e {
+        // the escrow's decoded revert: contract data, and what the caller needs to fix the payload
         E::Reverted { reason, .. } => {
             Failure::new(simulation, format!("simulation reverted: {reason}"))
         }
-        E::TxReverted { tx_hash, .. } => Failure {
-            code: ErrorCode::TransactionReverted,
-            message: e.to_string(),
-            payer: None,
-            tx: Some(tx_hash),
-        },
+        E::TxReverted { tx_hash, .. } => {
+            tracing::warn!(target: TARGET, ?action, error = %detail, "transaction reverted");
+            Failure {
+                code: ErrorCode::TransactionReverted,
+                message: format!("transaction {tx_hash} reverted on chain"),
+                payer: None,
+                tx: Some(tx_hash),
+            }
+        }
         E::Unconfirmed { tx_hash, .. } => Failure {
             code: ErrorCode::SettlementPending,
-            message: format!("{e}; retry the same request to reconcile"),
+            message: format!(
+                "transaction {tx_hash} is not confirmed yet; retry the same request to reconcile"
+            ),
             payer: None,
             tx: Some(tx_hash),
         },
-        E::Store(_) => Failure::new(ErrorCode::UnexpectedSettleError, e.to_string()),
-        other => Failure::new(transaction, other.to_string()),
+        E::Store(_) => {
+            tracing::error!(target: TARGET, ?action, error = %detail, "relayer journal failed");
+            Failure::new(
+                ErrorCode::UnexpectedSettleError,
+                "internal error of the facilitator's journal",
+            )
+        }
+        _ => {
+            tracing::warn!(target: TARGET, ?action, error = %detail, "sending failed");
+            Failure::new(
+                transaction,
+                "the transaction could not be sent (chain or RPC failure); retry later",
+            )
+        }
     }
 }
 
 fn confirmed_tx(entry: &JournalEntry) -> Result<B256, Failure> {
     match &entry.state {
         JournalState::Confirmed { tx_hash, .. } => Ok(*tx_hash),
-        other => Err(Failure::new(
-            ErrorCode::WaitForReceiptFailed,
-            format!("journal entry {} ended {other:?}", entry.id),
-        )),
+        other => {
+            tracing::warn!(target: TARGET, journal_id = entry.id, state = ?other, "journal entry did not end confirmed");
+            Err(Failure::new(
+                ErrorCode::WaitForReceiptFailed,
+                format!("journal entry {} did not end confirmed", entry.id),
+            ))
+        }
     }
 }
 
 fn store_failure(e: paychan_store::Error) -> Failure {
+    tracing::error!(target: TARGET, error = %redact_urls(&e.to_string()), "settlement record failed");
     Failure::new(
         ErrorCode::UnexpectedSettleError,
-        format!("settlement record: {e}"),
+        "internal error of the facilitator's settlement records",
     )
 }
 
@@ -155,9 +181,9 @@ impl<S: Store> Facilitator<S> {
     /// | `type` | on chain | `amount` | `extra` |
     /// | --- | --- | --- | --- |
     /// | `deposit` | verified (as [`verify`](Self::verify)), then `deposit(config, amount, collector, data)` through the ERC-3009 collector | deposited | `channelState` after |
-    /// | `claim` | `claimWithSignature(rows, sig)` (signed here when the key is held); nothing when every row is already claimed | `""` | — |
+    /// | `claim` | every row's payer voucher checked (signature, `totalClaimed ≤ maxClaimableAmount`), the whole batch refused at the first bad row; then `claimWithSignature(rows, sig)` (signed here when the key is held); nothing when every row is already claimed | `""` | — |
     /// | `settle` | `settle(receiver, token)`; nothing when nothing is unsettled | transferred (`"0"` for a no-op) | — |
-    /// | `refund` | `multicall(claimWithSignature, refundWithSignature)` when it carries claims, else `refundWithSignature` | refunded | `channelState` after |
+    /// | `refund` | the payer's voucher and every claim row checked, what the voucher signs over claimed first (see `settle_refund`); `multicall(claimWithSignature, refundWithSignature)` when there are claims, else `refundWithSignature` | refunded | `channelState` after |
     ///
     /// A retry of a request that already went through answers with the same transaction and
     /// moves nothing; one whose transaction is still unconfirmed answers `settlement_pending`.
@@ -314,7 +340,7 @@ impl<S: Store> Facilitator<S> {
                 if entry.as_ref().is_some_and(JournalEntry::is_open) {
                     tracing::info!(target: TARGET, journal_id, tx = %tx_hash, "reconciling a pending settlement");
                     if let Err(e) = self.inner.relayer.recover().await {
-                        tracing::warn!(target: TARGET, journal_id, error = %e, "recovery failed");
+                        tracing::warn!(target: TARGET, journal_id, error = %redact_urls(&e.to_string()), "recovery failed");
                     }
                     entry = store
                         .journal_entry(journal_id)
@@ -350,7 +376,7 @@ impl<S: Store> Facilitator<S> {
         };
         if let Err(e) = records::save(self.inner.relayer.store(), key, &rec).await {
             // The action is done on chain; a retry would find it done by the chain's own rules.
-            tracing::error!(target: TARGET, tx = %tx, error = %e, "settlement record not saved");
+            tracing::error!(target: TARGET, tx = %tx, error = %redact_urls(&e.to_string()), "settlement record not saved");
         }
     }
 
@@ -358,7 +384,7 @@ impl<S: Store> Facilitator<S> {
         match self.inner.reader.channel_state(id).await {
             Ok(s) => Some(snapshot(id, &s)),
             Err(e) => {
-                tracing::warn!(target: TARGET, channel = %id, error = %e, "channel state after settle not read");
+                tracing::warn!(target: TARGET, channel = %id, error = %redact_urls(&e.to_string()), "channel state after settle not read");
                 None
             }
         }
@@ -374,7 +400,7 @@ impl<S: Store> Facilitator<S> {
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(target: TARGET, tx = %tx, error = %e, "receipt not read");
+                tracing::warn!(target: TARGET, tx = %tx, error = %redact_urls(&e.to_string()), "receipt not read");
                 return None;
             }
         };
@@ -477,8 +503,45 @@ impl<S: Store> Facilitator<S> {
         Ok(())
     }
 
+    /// Every row is backed by its payer's own signature: the voucher is signed by the row's
+    /// channel's payer authorizer (or the payer, as the escrow checks it) and the row claims no
+    /// more than the voucher's ceiling. The first row that fails refuses the whole batch, named by
+    /// its index and channel, before anything is signed or sent: the receiver-authorizer key must
+    /// never vouch for amounts the caller merely asserts.
+    async fn check_row_vouchers(&self, rows: &[ClaimRow], code: ErrorCode) -> Result<(), Failure> {
+        let domain = &self.inner.domain;
+        for (i, row) in rows.iter().enumerate() {
+            let config = &row.voucher.channel;
+            let id = domain.channel_id(config);
+            let ceiling = row.voucher.max_claimable_amount;
+            if row.total_claimed > ceiling {
+                return Err(Failure::new(
+                    code.clone(),
+                    format!(
+                        "claim row {i} (channel {id}): totalClaimed {} exceeds the voucher's maxClaimableAmount {ceiling}",
+                        row.total_claimed
+                    ),
+                ));
+            }
+            let voucher = VoucherFields {
+                channel_id: id,
+                max_claimable_amount: ceiling,
+                signature: row.signature.clone(),
+            };
+            if let Err(e) = self.check_voucher_signature(config, id, &voucher).await {
+                return Err(Failure::new(
+                    e.code,
+                    format!("claim row {i} (channel {id}): {}", e.message),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn settle_claim(&self, c: &ClaimPayload) -> Outcome {
         Self::check_rows(&c.claims, ErrorCode::ClaimPayload)?;
+        self.check_row_vouchers(&c.claims, ErrorCode::ClaimPayload)
+            .await?;
         let sig = self.claim_signature(&c.claims, c.claim_authorizer_signature.as_ref())?;
         let domain = &self.inner.domain;
         let targets: Vec<(B256, u128)> = c
@@ -501,12 +564,9 @@ impl<S: Store> Facilitator<S> {
         // Claims are cumulative: rows at or below what is claimed on chain do nothing. When every
         // row is such a row, nothing is sent (no gas for a no-op).
         let ids: Vec<B256> = targets.iter().map(|(id, _)| *id).collect();
-        let states = self
-            .inner
-            .reader
-            .channel_states(&ids)
-            .await
-            .map_err(|e| Failure::new(ErrorCode::ChannelStateReadFailed, e.to_string()))?;
+        let states = self.inner.reader.channel_states(&ids).await.map_err(|e| {
+            chain_read_failed(ErrorCode::ChannelStateReadFailed, "the channel states", &e)
+        })?;
         if targets
             .iter()
             .zip(&states)
@@ -575,7 +635,9 @@ impl<S: Store> Facilitator<S> {
             .reader
             .receiver_state(receiver, token)
             .await
-            .map_err(|e| Failure::new(ErrorCode::RpcReadFailed, e.to_string()))?;
+            .map_err(|e| {
+                chain_read_failed(ErrorCode::RpcReadFailed, "the receiver's totals", &e)
+            })?;
         if claimed <= settled {
             tracing::info!(target: TARGET, %receiver, %token, "nothing to settle: nothing sent");
             return Ok(Settled {
@@ -634,6 +696,18 @@ impl<S: Store> Facilitator<S> {
         .await
     }
 
+    /// A server-completed refund. Nothing in it is taken on the caller's word:
+    ///
+    /// * the payer asked for it: its zero-charge voucher is signed by this channel's payer
+    ///   authorizer (or the payer, as the escrow checks it), else `voucher_signature`; so nobody
+    ///   can refund a channel that is not theirs to refund;
+    /// * every claim row is this channel's and backed by a valid payer voucher;
+    /// * what the payer's voucher signs over (`maxClaimableAmount`) is claimed before anything is
+    ///   refunded: a claim row for it is added (and signed here) when the payload has none, and a
+    ///   payload whose claims cover less is refused (`refund_payload`), so a refund never returns
+    ///   money the payer's own signature owes the receiver;
+    /// * the `Refund` signed here is for at most what is refundable after those claims (an
+    ///   asserted amount above it is capped, as the escrow caps a server-signed one).
     async fn settle_refund(&self, r: &RefundPayload, req: &PaymentRequirements) -> Outcome {
         let config = &r.channel_config;
         let (Some(amount), Some(nonce)) = (r.amount, r.refund_nonce) else {
@@ -660,10 +734,24 @@ impl<S: Store> Facilitator<S> {
             ));
         }
         Self::check_refund_terms(config, req)?;
-        let claims = r.claims.clone().unwrap_or_default();
-        if !claims.is_empty() {
-            Self::check_rows(&claims, ErrorCode::RefundPayload)?;
+        // Signed data first (no chain state needed for an ECDSA payer authorizer).
+        self.check_voucher_signature(config, id, &r.voucher)
+            .await
+            .map_err(|e| Failure::new(e.code, format!("the refund's voucher: {}", e.message)))?;
+        let mut claims = r.claims.clone().unwrap_or_default();
+        if let Some((i, other)) = claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, domain.channel_id(&c.voucher.channel)))
+            .find(|(_, c)| *c != id)
+        {
+            return Err(Failure::new(
+                ErrorCode::RefundPayload,
+                format!("claim row {i} is for channel {other}, not the refunded channel {id}"),
+            ));
         }
+        self.check_row_vouchers(&claims, ErrorCode::RefundPayload)
+            .await?;
         let key = Key::refund(id, nonce, amount);
         let _guard = self.lock(&key).await;
         if let Prior::Done(tx, recorded) = self.prior(&key).await? {
@@ -680,12 +768,9 @@ impl<S: Store> Facilitator<S> {
                 channel_state: self.state_after(id).await,
             });
         }
-        let before = self
-            .inner
-            .reader
-            .channel_state(id)
-            .await
-            .map_err(|e| Failure::new(ErrorCode::ChannelStateReadFailed, e.to_string()))?;
+        let before = self.inner.reader.channel_state(id).await.map_err(|e| {
+            chain_read_failed(ErrorCode::ChannelStateReadFailed, "the channel state", &e)
+        })?;
         // Rule 11: the signature must be for the nonce the escrow expects now.
         if nonce != before.refund_nonce {
             return Err(Failure::new(
@@ -696,11 +781,41 @@ impl<S: Store> Facilitator<S> {
                 ),
             ));
         }
-        let after_claims = claims
+        let owed = r.voucher.max_claimable_amount;
+        // Rule 10, relaxed for refunds: a zero-charge voucher may equal the claimed total.
+        if owed < before.total_claimed {
+            return Err(Failure::new(
+                ErrorCode::CumulativeBelowClaimed,
+                format!(
+                    "the refund's voucher ({owed}) is below the claimed total {}",
+                    before.total_claimed
+                ),
+            ));
+        }
+        let covered = claims
             .iter()
-            .filter(|c| domain.channel_id(&c.voucher.channel) == id)
             .map(|c| c.total_claimed)
             .fold(before.total_claimed, u128::max);
+        if owed > covered {
+            if !claims.is_empty() || r.claim_authorizer_signature.is_some() {
+                return Err(Failure::new(
+                    ErrorCode::RefundPayload,
+                    format!(
+                        "the claims cover {covered} of the {owed} the payer's voucher signs over: claim the voucher before refunding"
+                    ),
+                ));
+            }
+            // The payer's voucher is itself the claim (the spec's zero-charge voucher claim).
+            claims.push(ClaimRow {
+                voucher: ClaimVoucher {
+                    channel: *config,
+                    max_claimable_amount: owed,
+                },
+                signature: r.voucher.signature.clone(),
+                total_claimed: owed,
+            });
+        }
+        let after_claims = covered.max(owed);
         let available = before.balance.saturating_sub(after_claims);
         if available == 0 {
             return Err(Failure::new(
@@ -711,16 +826,21 @@ impl<S: Store> Facilitator<S> {
                 ),
             ));
         }
-        let refund_sig = match &r.refund_authorizer_signature {
-            Some(s) => s.clone(),
-            None => self.authorize(
-                config.receiver_authorizer,
-                &domain.refund_digest(id, nonce, amount),
-            )?,
+        let (signed_amount, refund_sig) = match &r.refund_authorizer_signature {
+            // signed by the server for its own amount; the escrow caps it to what is unclaimed
+            Some(s) => (amount, s.clone()),
+            None => {
+                let a = amount.min(available);
+                let sig = self.authorize(
+                    config.receiver_authorizer,
+                    &domain.refund_digest(id, nonce, a),
+                )?;
+                (a, sig)
+            }
         };
         let signed = SignedRefund {
             config: *config,
-            amount,
+            amount: signed_amount,
             nonce,
             signature: refund_sig,
         };
@@ -729,7 +849,12 @@ impl<S: Store> Facilitator<S> {
             self.journaled(
                 &key,
                 Action::Refund,
-                relayer.refund_with_signature(config, amount, nonce, signed.signature.clone()),
+                relayer.refund_with_signature(
+                    config,
+                    signed_amount,
+                    nonce,
+                    signed.signature.clone(),
+                ),
             )
             .await?
         } else {
@@ -744,7 +869,7 @@ impl<S: Store> Facilitator<S> {
         };
         let refunded = match self.refunded_amount(tx, id).await {
             Some(a) => a,
-            None => amount.min(available),
+            None => signed_amount.min(available),
         };
         self.done(&key, tx, &refunded.to_string()).await;
         let after = match self.state_after(id).await {

@@ -10,7 +10,10 @@
 //! | 9 | `maxClaimableAmount ≤ balance` (+ the deposit) | `cumulative_exceeds_balance` |
 //! | 10 | voucher: `maxClaimableAmount > totalClaimed`; refund and deposit: `≥` | `cumulative_below_claimed` |
 //!
-//! Deposits also need an ERC-3009 authorization (`erc3009_authorization_required`) valid now
+//! Deposits are relayed only for an allowed receiver (`FacilitatorConfig::deposit_receivers`,
+//! default: channels of the held receiver-authorizer key; `receiver_mismatch`) and from
+//! `FacilitatorConfig::min_deposit` up (`deposit_below_min_deposit`), checked before any chain
+//! read. Deposits also need an ERC-3009 authorization (`erc3009_authorization_required`) valid now
 //! (`payload_authorization_valid_after` / `_valid_before`, with a margin), signed by the payer for
 //! `receiveWithAuthorization(to = collector, nonce = keccak256(abi.encode(channelId, salt)))`
 //! under the token's domain (`receive_authorization_signature`), not used yet, and a successful
@@ -40,7 +43,7 @@ use serde_json::Value;
 
 use crate::{
     Facilitator, TARGET,
-    facilitator::{invalid, snapshot, to_object},
+    facilitator::{chain_read_failed, invalid, snapshot, to_object},
 };
 
 /// What a valid deposit looks like, for settling it.
@@ -191,10 +194,7 @@ impl<S: Store> Facilitator<S> {
         let id = payee::check_binding(config, voucher, &self.inner.domain, req)?;
         self.check_voucher_signature(config, id, voucher).await?;
         let state = self.inner.reader.channel_state(id).await.map_err(|e| {
-            rej(
-                ErrorCode::ChannelStateReadFailed,
-                format!("channel state: {e}"),
-            )
+            chain_read_failed(ErrorCode::ChannelStateReadFailed, "the channel state", &e)
         })?;
         if state.balance == 0 {
             return Err(rej(
@@ -231,7 +231,7 @@ impl<S: Store> Facilitator<S> {
     }
 
     /// Rule 6.
-    async fn check_voucher_signature(
+    pub(crate) async fn check_voucher_signature(
         &self,
         config: &ChannelConfig,
         channel_id: B256,
@@ -246,7 +246,9 @@ impl<S: Store> Facilitator<S> {
             let ok = self
                 .account_signed(config.payer, digest, &voucher.signature)
                 .await
-                .map_err(|e| rej(ErrorCode::RpcReadFailed, e.to_string()))?;
+                .map_err(|e| {
+                    chain_read_failed(ErrorCode::RpcReadFailed, "the payer's account", &e)
+                })?;
             (ok, config.payer, "payer")
         } else {
             // the fast path: plain ECDSA by the committed EOA, no RPC
@@ -288,6 +290,51 @@ impl<S: Store> Facilitator<S> {
         }
     }
 
+    /// Whether this facilitator relays a deposit of `amount` into `config`'s channel at all:
+    /// only for the receivers it serves and only from the configured minimum up, because the
+    /// relayer pays every deposit's gas. Checked before any chain read.
+    pub(crate) fn check_deposit_policy(
+        &self,
+        config: &ChannelConfig,
+        amount: u128,
+    ) -> Result<(), Rejection> {
+        let cfg = &self.inner.config;
+        let allowed = if cfg.deposit_receivers.is_empty() {
+            self.inner
+                .authorizer
+                .as_ref()
+                .is_some_and(|a| a.address() == config.receiver_authorizer)
+        } else {
+            cfg.deposit_receivers.contains(&config.receiver)
+        };
+        if !allowed {
+            return Err(rej(
+                ErrorCode::ReceiverMismatch,
+                if cfg.deposit_receivers.is_empty() {
+                    format!(
+                        "this facilitator relays deposits only into channels whose receiverAuthorizer is its own key, not {}",
+                        config.receiver_authorizer
+                    )
+                } else {
+                    format!(
+                        "this facilitator does not relay deposits for the receiver {}",
+                        config.receiver
+                    )
+                },
+            ));
+        }
+        if amount < cfg.min_deposit {
+            return Err(rej(
+                ErrorCode::DepositBelowMinDeposit,
+                format!(
+                    "deposit {amount} is below this facilitator's minimum of {}",
+                    cfg.min_deposit
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The deposit rules; on success the channel as it is before the deposit.
     pub(crate) async fn verify_deposit(
         &self,
@@ -303,6 +350,7 @@ impl<S: Store> Facilitator<S> {
                 "deposit amount must be positive",
             ));
         }
+        self.check_deposit_policy(config, amount)?;
         let permit2 = req.extra.asset_transfer_method.as_deref() == Some("permit2")
             || (d.deposit.authorization.erc3009_authorization.is_none()
                 && d.deposit.authorization.permit2_authorization.is_some());
@@ -351,7 +399,7 @@ impl<S: Store> Facilitator<S> {
         let signed = self
             .account_signed(config.payer, digest, &auth.signature)
             .await
-            .map_err(|e| rej(ErrorCode::RpcReadFailed, e.to_string()))?;
+            .map_err(|e| chain_read_failed(ErrorCode::RpcReadFailed, "the payer's account", &e))?;
         if !signed {
             return Err(rej(
                 ErrorCode::ReceiveAuthorizationSignature,
@@ -369,7 +417,13 @@ impl<S: Store> Facilitator<S> {
             reader.token_balance(config.token, config.payer),
             reader.authorization_used(config.token, config.payer, nonce),
         )
-        .map_err(|e| rej(ErrorCode::RpcReadFailed, e.to_string()))?;
+        .map_err(|e| {
+            chain_read_failed(
+                ErrorCode::RpcReadFailed,
+                "the channel, the payer's token balance or the authorization state",
+                &e,
+            )
+        })?;
         if payer_balance < U256::from(amount) {
             return Err(rej(
                 ErrorCode::InsufficientBalance,
@@ -432,7 +486,11 @@ impl<S: Store> Facilitator<S> {
                 ));
             }
             Err(e) => {
-                return Err(rej(ErrorCode::RpcReadFailed, e.to_string()));
+                return Err(chain_read_failed(
+                    ErrorCode::RpcReadFailed,
+                    "the deposit simulation",
+                    &e,
+                ));
             }
         }
         Ok(DepositCheck {

@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 mod flow;
+mod hardening;
 mod support;

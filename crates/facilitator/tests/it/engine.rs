@@ -112,8 +112,6 @@ async fn a_deposit_left_pending_is_served_when_retried_after_it_is_mined() {
     use alloy::providers::ext::AnvilApi;
     use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
     use paychan_core::ErrorCode;
-    use paychan_facilitator::Facilitator;
-
     let env = Env::start().await;
     let config = ChainConfig {
         confirm_timeout: Some(std::time::Duration::from_millis(500)),
@@ -125,7 +123,16 @@ async fn a_deposit_left_pending_is_served_when_retried_after_it_is_mined() {
         MemStore::new(),
         TxKey::from_secret(&env.chain.account(paychan_devchain::Role::Relayer).key).unwrap(),
     );
-    let facilitator = Facilitator::new(reader.clone(), relayer, None).unwrap();
+    let facilitator = paychan_facilitator::Facilitator::with_config(
+        reader.clone(),
+        relayer,
+        None,
+        paychan_facilitator::FacilitatorConfig {
+            deposit_receivers: vec![env.receiver],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let engine = Engine::new(
         EngineConfig::new(env.domain),
         MemStore::new(),

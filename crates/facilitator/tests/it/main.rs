@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
+mod attacks;
 mod engine;
 mod http;
 mod outage;

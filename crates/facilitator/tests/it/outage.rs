@@ -40,9 +40,22 @@ async fn rpc_failures_are_answers_not_panics() {
         token: env.token,
     };
 
+    // the node's address stands in for an RPC URL with an API key: it must reach no answer
+    let rpc = env.chain.rpc_url().to_owned();
+    let node = rpc
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
     env.chain.process_mut().kill();
 
-    let verify = async |p: BatchPayload| refused(&f.verify(&env.envelope(p), &req).await);
+    let verify = async |p: BatchPayload| {
+        let v = f.verify(&env.envelope(p), &req).await;
+        let m = v.invalid_message.clone().unwrap_or_default();
+        assert!(!m.contains(&node), "{m}");
+        refused(&v)
+    };
     assert_eq!(
         verify(BatchPayload::Voucher(voucher.clone())).await,
         ErrorCode::ChannelStateReadFailed
@@ -55,7 +68,12 @@ async fn rpc_failures_are_answers_not_panics() {
         verify(BatchPayload::Refund(refund.clone())).await,
         ErrorCode::ChannelStateReadFailed
     );
-    let settle = async |p: BatchPayload| failed(&f.settle(&env.envelope(p), &req).await);
+    let settle = async |p: BatchPayload| {
+        let s = f.settle(&env.envelope(p), &req).await;
+        let m = s.error_message.clone().unwrap_or_default();
+        assert!(!m.contains(&node), "{m}");
+        failed(&s)
+    };
     assert_eq!(
         settle(BatchPayload::Deposit(deposit)).await,
         ErrorCode::RpcReadFailed

@@ -316,7 +316,7 @@ async fn server_signed_refund_with_claims_is_one_multicall_and_refusals_move_not
         .settle(&env.envelope(claim(vec![row.clone()])), &req)
         .await;
     assert_eq!(failed(&s), ErrorCode::AuthorizerAddressMismatch);
-    // a voucher the payer did not sign: the simulation says why
+    // a voucher the payer did not sign: refused before anything is signed or simulated
     let mut forged = row.clone();
     forged.signature = env
         .voucher_signed_by(&pc2, &env.key(Role::Payer(5)), 2_000)
@@ -325,8 +325,8 @@ async fn server_signed_refund_with_claims_is_one_multicall_and_refusals_move_not
         .facilitator()
         .settle(&env.envelope(claim(vec![forged])), &req)
         .await;
-    assert_eq!(failed(&s), ErrorCode::ClaimSimulationFailed);
-    assert!(s.error_message.unwrap().contains("InvalidSignature"));
+    assert_eq!(failed(&s), ErrorCode::VoucherSignature);
+    assert!(s.error_message.unwrap().contains("claim row 0"));
     // the server's own ClaimBatch signature is used as given
     let domain = &env.domain;
     let digest =
@@ -345,8 +345,6 @@ async fn server_signed_refund_with_claims_is_one_multicall_and_refusals_move_not
 async fn an_unconfirmed_deposit_is_pending_and_a_retry_reconciles_it() {
     use alloy::providers::ext::AnvilApi;
     use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
-    use paychan_facilitator::Facilitator;
-
     let env = Env::start().await;
     // a facilitator that gives up waiting for a receipt after half a second
     let config = ChainConfig {
@@ -359,7 +357,16 @@ async fn an_unconfirmed_deposit_is_pending_and_a_retry_reconciles_it() {
         MemStore::new(),
         TxKey::from_secret(&env.chain.account(Role::Relayer).key).unwrap(),
     );
-    let f = Facilitator::new(reader, relayer, None).unwrap();
+    let f = paychan_facilitator::Facilitator::with_config(
+        reader,
+        relayer,
+        None,
+        paychan_facilitator::FacilitatorConfig {
+            deposit_receivers: vec![env.receiver],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let req = env.requirements();
     let (payer, mut pc) = env.payer(70, 50_000).await;
     let me = payer.address();

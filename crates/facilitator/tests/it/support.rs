@@ -18,7 +18,7 @@ use paychan_core::{
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse, VerifyResponse, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ERC3009_COLLECTOR, ESCROW, Role};
-use paychan_facilitator::Facilitator;
+use paychan_facilitator::{Facilitator, FacilitatorConfig};
 use paychan_store::MemStore;
 
 pub const PRICE: u128 = 1_000;
@@ -89,17 +89,37 @@ impl Env {
     }
 
     /// A facilitator with its own store; `authorizer` is the receiver-authorizer key it holds.
+    /// One without a key relays deposits for the offer's receiver (configured, since it has no
+    /// key to derive that from).
     pub fn facilitator_with(
         &self,
         store: MemStore,
         authorizer: Option<LocalSigner>,
+    ) -> Facilitator<MemStore> {
+        let config = FacilitatorConfig {
+            deposit_receivers: if authorizer.is_some() {
+                Vec::new()
+            } else {
+                vec![self.receiver]
+            },
+            ..FacilitatorConfig::default()
+        };
+        self.facilitator_config(store, authorizer, config)
+    }
+
+    /// A facilitator with explicit settings.
+    pub fn facilitator_config(
+        &self,
+        store: MemStore,
+        authorizer: Option<LocalSigner>,
+        config: FacilitatorConfig,
     ) -> Facilitator<MemStore> {
         let relayer = Relayer::new(
             self.reader.clone(),
             store,
             TxKey::from_secret(&self.chain.account(Role::Relayer).key).unwrap(),
         );
-        Facilitator::new(self.reader.clone(), relayer, authorizer).unwrap()
+        Facilitator::with_config(self.reader.clone(), relayer, authorizer, config).unwrap()
     }
 
     /// A facilitator holding the receiver-authorizer key.
