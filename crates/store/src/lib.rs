@@ -62,6 +62,19 @@ pub enum Error {
         /// What to do.
         hint: &'static str,
     },
+    /// The write-ahead log is damaged before its end: acknowledged commits follow the damage, so
+    /// opening would lose them without a word.
+    #[error(
+        "write-ahead log {path} is damaged at byte {offset} ({reason}) and acknowledged commits follow it; refusing to open rather than drop them. Restore the data directory from a backup, or move {path} aside to accept losing every commit logged in it after byte {offset}"
+    )]
+    LogDamaged {
+        /// The log file.
+        path: String,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong there.
+        reason: &'static str,
+    },
     /// The store was closed.
     #[error("store is closed")]
     Closed,

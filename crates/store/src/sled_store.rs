@@ -314,6 +314,8 @@ impl SledStore {
             Wal::open(config.path.join(WAL_FILES[0]))?,
             Wal::open(config.path.join(WAL_FILES[1]))?,
         ];
+        // The log files' directory entries must survive a power cut as well as their contents.
+        sync_dir(&config.path)?;
         if format1 {
             migrate_format1(&db, &mut wals, &data_file)?;
         }
@@ -811,6 +813,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: a store of this process that was
 /// just closed holds it until sled's background writes finish (measured: a few percent of
 /// immediate reopens found it still held).
+/// `fsync(2)` of a directory: makes the entries of files created in it durable.
+fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Io(format!("fsync of the directory {}: {e}", dir.display())))
+}
+
 fn open_sled(config: &SledStoreConfig) -> Result<sled::Db> {
     let started = Instant::now();
     loop {

@@ -17,9 +17,19 @@
 //! value length u32 | value`, little-endian. The checksum covers the length, the generation and
 //! the payload. A file is read from its start: the first group gives the file's generation, and
 //! the log ends at the first group that is short, fails its checksum, or belongs to another
-//! generation (what lies beyond is either a write that never completed, so was never
-//! acknowledged, or an older turn of the file). Entries hold full values (never deltas), so a
-//! group replayed over a state that already holds it changes nothing.
+//! generation. Entries hold full values (never deltas), so a group replayed over a state that
+//! already holds it changes nothing.
+//!
+//! **Torn tail or damage.** Groups are written one after the other by one thread, each synced
+//! before the next is written, so a crash can tear only the last group, which was never
+//! acknowledged; beyond it lie zeros or an older turn of the file, and an older turn's groups
+//! all belong to generations sled already holds (a turn is overwritten only once it is
+//! checkpointed). So where the log ends, nothing after it may be a complete group of a
+//! generation sled does not hold. If one is there, the end is not a torn tail but damage in the
+//! middle of the log (a bad sector, a stray write) with acknowledged commits after it: the store
+//! refuses to open ([`Error::LogDamaged`], naming the file and the byte) instead of dropping
+//! them. (With `flush` or `none` durability a power cut may persist writes out of order; such a
+//! store may then refuse too, and the message says how to accept the loss.)
 //!
 //! Which generations sled already holds is recorded in sled itself (the meta key
 //! [`CHECKPOINTED`], written in the same batch as a checkpoint's data): a file's older turn is
@@ -101,28 +111,34 @@ impl Wal {
             Err(e) => return Err(io("reading", &self.path, e)),
         }
         let first_generation = u64_at(&first, 8);
-        if u32_at(&first, 0) != GROUP_MAGIC || first_generation <= after {
-            // Not a group, or a turn sled holds (if this header is what is left of a newer turn
-            // whose first write tore, that turn acknowledged nothing).
+        if u32_at(&first, 0) == GROUP_MAGIC && first_generation <= after {
+            // A turn sled holds: nothing to replay, nothing to check.
             return Ok(None);
         }
         let bytes = self.bytes()?;
         let mut generation = None;
         let mut out = Vec::new();
         let mut at = 0usize;
+        let mut stop = None;
         while bytes.len() - at >= GROUP_HEADER {
             let h = &bytes[at..at + GROUP_HEADER];
             let len = u32_at(h, 4) as usize;
             let g = u64_at(h, 8);
-            if u32_at(h, 0) != GROUP_MAGIC
-                || len > MAX_GROUP
-                || bytes.len() - at - GROUP_HEADER < len
-                || generation.is_some_and(|first| first != g)
-            {
+            if u32_at(h, 0) != GROUP_MAGIC {
+                stop = Some("not a group header");
+                break;
+            }
+            if len > MAX_GROUP || bytes.len() - at - GROUP_HEADER < len {
+                stop = Some("a group longer than the file");
+                break;
+            }
+            if generation.is_some_and(|first| first != g) {
+                stop = Some("a group of another generation");
                 break;
             }
             let payload = &bytes[at + GROUP_HEADER..at + GROUP_HEADER + len];
             if checksum(g, payload) != u32_at(h, 16) {
+                stop = Some("a group failing its checksum");
                 break;
             }
             // A group that passes its checksum but does not decode was written wrong: refuse it
@@ -136,6 +152,17 @@ impl Wal {
             generation = Some(g);
             out.push(plan);
             at += GROUP_HEADER + len;
+        }
+        // Where the log ends: a torn tail, zeros, an older turn — or damage, if a complete group
+        // of a generation sled does not hold comes later.
+        if let Some(reason) = stop
+            && later_group(&bytes, at + 1, after).is_some()
+        {
+            return Err(Error::LogDamaged {
+                path: self.path.display().to_string(),
+                offset: at as u64,
+                reason,
+            });
         }
         Ok(generation.map(|g| (g, out)))
     }
@@ -265,6 +292,31 @@ impl Wal {
     }
 }
 
+/// The offset of the first complete, checksummed group at or after `from` whose generation is
+/// newer than `after`, if any: evidence that the log goes on past a point where reading stopped.
+fn later_group(bytes: &[u8], from: usize, after: u64) -> Option<usize> {
+    let magic = GROUP_MAGIC.to_le_bytes();
+    let mut i = from;
+    while i + GROUP_HEADER <= bytes.len() {
+        let found = bytes[i..bytes.len() - GROUP_HEADER + 4]
+            .windows(4)
+            .position(|w| w == magic)?;
+        let at = i + found;
+        let h = &bytes[at..at + GROUP_HEADER];
+        let len = u32_at(h, 4) as usize;
+        let g = u64_at(h, 8);
+        if g > after
+            && len <= MAX_GROUP
+            && bytes.len() - at - GROUP_HEADER >= len
+            && checksum(g, &bytes[at + GROUP_HEADER..at + GROUP_HEADER + len]) == u32_at(h, 16)
+        {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    None
+}
+
 fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
@@ -373,11 +425,80 @@ mod tests {
         bad[end - 1] ^= 0xff;
         std::fs::write(&path, &bad).unwrap();
         assert_eq!(read(&path), Some((7, vec![merged(&[plan(1), plan(2)])])));
-        // a damaged first group: nothing in the file was acknowledged
+        // a damaged first group with a complete group after it: damage, not a torn tail (the
+        // second group was written after the first was synced, so the first was acknowledged)
         let mut bad = full.clone();
         bad[GROUP_HEADER + 3] ^= 0x01;
         std::fs::write(&path, &bad).unwrap();
+        let err = Wal::open(path.clone()).unwrap().read(0).unwrap_err();
+        assert!(
+            matches!(&err, Error::LogDamaged { offset: 0, reason, .. } if reason.contains("checksum")),
+            "{err}"
+        );
+        // the first group alone, damaged (it was the last write): a torn tail, nothing to replay
+        let first_end = end - group(&[plan(3)]).len();
+        let mut bad = full[..first_end].to_vec();
+        bad[GROUP_HEADER + 3] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
         assert_eq!(read(&path), None);
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_log_is_refused_with_the_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let mut w = Wal::open(path.clone()).unwrap();
+        w.begin(4);
+        let mut starts = Vec::new();
+        for n in 0..5 {
+            starts.push(w.written() as usize);
+            w.write(&mut group(&[plan(n)]), true).unwrap();
+        }
+        let full = std::fs::read(&path).unwrap();
+        let damaged = |at: usize, mask: u8| {
+            let mut b = full.clone();
+            b[at] ^= mask;
+            std::fs::write(&path, &b).unwrap();
+            Wal::open(path.clone()).unwrap().read(3)
+        };
+        // a payload byte, the length, the generation, the magic of the third group: each stops
+        // the read there while groups 4 and 5 (acknowledged) follow
+        for (at, what) in [
+            (starts[2] + GROUP_HEADER + 5, "checksum"),
+            (starts[2] + 4, ""),
+            (starts[2] + 8, "generation"),
+            (starts[2], "header"),
+        ] {
+            let err = damaged(at, 0x10).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, Error::LogDamaged { offset, reason, .. }
+                    if *offset == starts[2] as u64 && reason.contains(what)),
+                "{at}: {msg}"
+            );
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("byte {}", starts[2])), "{msg}");
+        }
+        // the last group damaged: a torn tail, the four before it replay
+        let replayed = damaged(starts[4] + GROUP_HEADER + 1, 0x01).unwrap();
+        assert_eq!(replayed, Some((4, (0..4).map(plan).collect())));
+        // a turn sled already holds is neither replayed nor checked
+        let mut b = full.clone();
+        b[starts[2] + GROUP_HEADER + 5] ^= 0x10;
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(Wal::open(path.clone()).unwrap().read(4).unwrap(), None);
+        std::fs::write(&path, &full).unwrap();
+        // damage in an older turn behind the current one is not the current log's business
+        let mut w = Wal::open(path.clone()).unwrap();
+        w.begin(6);
+        w.write(&mut group(&[plan(9)]), true).unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        b[starts[3] + GROUP_HEADER + 2] ^= 0x10;
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(
+            Wal::open(path.clone()).unwrap().read(4).unwrap(),
+            Some((6, vec![plan(9)]))
+        );
     }
 
     #[test]
@@ -391,13 +512,16 @@ mod tests {
         }
         // the next turn writes one group (as long as the first of the older turn): the older
         // turn's valid groups behind it belong to another generation and are not read
+        // (sled holds a turn before it is overwritten: here, generation 1)
         w.begin(3);
         w.write(&mut group(&[plan(9)]), true).unwrap();
+        let read = |path: &Path| Wal::open(path.to_path_buf()).unwrap().read(1).unwrap();
         assert_eq!(read(&path), Some((3, vec![plan(9)])));
         // a reopened file keeps its size and a write lands at its start
         let mut w = Wal::open(path.clone()).unwrap();
         w.begin(5);
         w.write(&mut group(&[plan(8)]), true).unwrap();
+        let read = |path: &Path| Wal::open(path.to_path_buf()).unwrap().read(3).unwrap();
         assert_eq!(read(&path), Some((5, vec![plan(8)])));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), STEP);
         // a group larger than a step grows the file to the step after its end

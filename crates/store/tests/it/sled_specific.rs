@@ -370,3 +370,73 @@ async fn a_directory_in_use_is_refused_with_a_hint_and_free_again_after_close() 
         7
     );
 }
+
+/// The byte offsets of the groups of the log file at `path`, read by the documented layout
+/// (`magic u32 | payload length u32 | generation u64 | crc32 u32 | payload`).
+fn group_starts(path: &std::path::Path) -> Vec<usize> {
+    let b = std::fs::read(path).unwrap();
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at + 20 <= b.len() && b[at..at + 4] == 0x5041_5747u32.to_le_bytes() {
+        out.push(at);
+        at += 20 + u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_log_damaged_in_the_middle_is_refused_and_a_torn_tail_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let crashed = dir.path().join("crashed");
+    {
+        let mut cfg = SledStoreConfig::new(&path);
+        cfg.checkpoint_every = std::time::Duration::from_secs(3600);
+        let s = SledStore::open(cfg).unwrap();
+        for i in 0..10 {
+            s.commit(WriteBatch::channel(record(i, u128::from(i))))
+                .await
+                .unwrap();
+        }
+        // a crash now: only the log holds the ten acknowledged commits
+        copy_dir(&path, &crashed);
+    }
+    let log = crashed.join(paychan_store::sled_store::WAL_FILES[0]);
+    let starts = group_starts(&log);
+    assert!(starts.len() >= 3, "{starts:?}");
+    let intact = std::fs::read(&log).unwrap();
+
+    // one flipped byte in the second group, acknowledged groups after it
+    let mut damaged = intact.clone();
+    damaged[starts[1] + 25] ^= 0x40;
+    std::fs::write(&log, &damaged).unwrap();
+    let err = SledStore::open(SledStoreConfig::new(&crashed)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, paychan_store::Error::LogDamaged { offset, .. } if *offset == starts[1] as u64),
+        "{msg}"
+    );
+    assert!(msg.contains(&log.display().to_string()), "{msg}");
+    assert!(msg.contains(&format!("byte {}", starts[1])), "{msg}");
+    assert!(msg.contains("move") && msg.contains("backup"), "{msg}");
+    // refusing changed nothing: the log is as it was, and refusing again gives the same answer
+    assert_eq!(std::fs::read(&log).unwrap(), damaged);
+    assert!(SledStore::open(SledStoreConfig::new(&crashed)).is_err());
+
+    // the same byte in the last group: a torn tail (never acknowledged), the rest replays
+    let last = *starts.last().unwrap();
+    let mut torn = intact.clone();
+    torn[last + 25] ^= 0x40;
+    std::fs::write(&log, &torn).unwrap();
+    let s = SledStore::open(SledStoreConfig::new(&crashed)).unwrap();
+    let mut found = 0;
+    for i in 0..10u8 {
+        if let Some(r) = s.channel(B256::repeat_byte(i)).await.unwrap() {
+            assert_eq!(r.charged, u128::from(i));
+            found += 1;
+        }
+    }
+    // every group before the torn one was replayed
+    assert!(found >= 10 - 1, "{found} of 10 channels replayed");
+    assert!(s.channel(B256::repeat_byte(0)).await.unwrap().is_some());
+}
