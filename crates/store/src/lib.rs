@@ -62,10 +62,11 @@ pub enum Error {
         /// What to do.
         hint: &'static str,
     },
-    /// The write-ahead log is damaged before its end: acknowledged commits follow the damage, so
-    /// opening would lose them without a word.
+    /// The write-ahead log is damaged before its end: the commits logged from the damage on were
+    /// acknowledged, so opening would lose them without a word. The message names the file and
+    /// the byte, and how to accept the loss.
     #[error(
-        "write-ahead log {path} is damaged at byte {offset} ({reason}) and acknowledged commits follow it; refusing to open rather than drop them. Restore the data directory from a backup, or move {path} aside to accept losing every commit logged in it after byte {offset}"
+        "write-ahead log {path} is corrupt at byte {offset}: {reason}; the commits logged from there on were acknowledged and would be lost, so the store refuses to open. Restore the data directory from a backup, or accept losing them: truncate {path} to {offset} bytes (keeps the commits logged before the damage) or move it aside (loses every commit in it not yet checkpointed)"
     )]
     LogDamaged {
         /// The log file.

@@ -807,19 +807,20 @@ impl Checkpointer {
     }
 }
 
-/// How long [`open_sled`] waits for sled's file lock.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
-
-/// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: a store of this process that was
-/// just closed holds it until sled's background writes finish (measured: a few percent of
-/// immediate reopens found it still held).
-/// `fsync(2)` of a directory: makes the entries of files created in it durable.
+/// `fsync(2)` of a directory: makes the entries of files created in it durable (a file's own
+/// `fsync` does not persist its name in the directory).
 fn sync_dir(dir: &std::path::Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::Io(format!("fsync of the directory {}: {e}", dir.display())))
 }
 
+/// How long [`open_sled`] waits for sled's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] for its file lock: a store of this process that was
+/// just closed holds it until sled's background writes finish (measured: a few percent of
+/// immediate reopens found it still held).
 fn open_sled(config: &SledStoreConfig) -> Result<sled::Db> {
     let started = Instant::now();
     loop {

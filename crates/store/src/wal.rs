@@ -20,16 +20,32 @@
 //! generation. Entries hold full values (never deltas), so a group replayed over a state that
 //! already holds it changes nothing.
 //!
-//! **Torn tail or damage.** Groups are written one after the other by one thread, each synced
-//! before the next is written, so a crash can tear only the last group, which was never
-//! acknowledged; beyond it lie zeros or an older turn of the file, and an older turn's groups
-//! all belong to generations sled already holds (a turn is overwritten only once it is
-//! checkpointed). So where the log ends, nothing after it may be a complete group of a
-//! generation sled does not hold. If one is there, the end is not a torn tail but damage in the
-//! middle of the log (a bad sector, a stray write) with acknowledged commits after it: the store
-//! refuses to open ([`Error::LogDamaged`], naming the file and the byte) instead of dropping
-//! them. (With `flush` or `none` durability a power cut may persist writes out of order; such a
+//! **Torn tail or damage.** What a crash can leave follows from how the files are written. A
+//! group is one `pwrite` at the write position, into space that already holds zeros (a first
+//! pass, or a step the file grew by) or an older turn of the file; with `fsync` durability it is
+//! synced before it is acknowledged, and the next group is written only after that, by the same
+//! thread. So a crash can leave at most one group incomplete — the last one, never acknowledged —
+//! and its extent may hold any mix of its own bytes and what was there before. Beyond it lie
+//! zeros, or an older turn's bytes, which may well include complete groups with good checksums:
+//! but only of generations sled holds, since a file is written over only once its turn is
+//! checkpointed (and a generation is reused only when no complete group of it was logged). So
+//! "valid-looking data after the end" is normal here, and what tells the two cases apart is this:
+//! where the log stops, a **torn tail** has no complete, checksummed group *of the log's own
+//! generation* anywhere after it; **damage** in the middle of the log (a bad sector, a stray
+//! write) does — the acknowledged groups written after the damaged one. A torn tail is ignored
+//! (the next turn writes over it); damage makes the store refuse to open ([`Error::LogDamaged`],
+//! naming the file and the byte) instead of dropping the commits after it. A group whose
+//! checksum matches but whose entries do not decode was written whole, so it is refused too,
+//! wherever it is. (With `flush` durability a power cut may persist writes out of order; such a
 //! store may then refuse too, and the message says how to accept the loss.)
+//!
+//! Looking for that later group, the reader tries the boundary the stopped group's header
+//! declares (right unless the damage hit its length field), then scans the rest of the file,
+//! stepping over every intact group it meets rather than reading through its payload. Payloads
+//! hold keys and values, some of them chosen by payers (a channel's salt is 32 free bytes), so a
+//! crafted value could carry a forged group; stepping over intact groups, and wanting the log's
+//! exact generation (unknown outside the store, new at every checkpoint), keeps such a value from
+//! making the store refuse to open after a crash.
 //!
 //! Which generations sled already holds is recorded in sled itself (the meta key
 //! [`CHECKPOINTED`], written in the same batch as a checkpoint's data): a file's older turn is
@@ -102,16 +118,10 @@ impl Wal {
 
     /// The generation the file last logged and the plans of its complete groups, in order, if
     /// that generation is newer than `after`; `None` if the file holds no complete group or an
-    /// older generation (read no further than its first header: sled already holds it).
+    /// older generation (read no further than its first group: sled already holds it). A log
+    /// damaged before its end is refused (see the module documentation).
     pub(crate) fn read(&mut self, after: u64) -> Result<Option<(u64, Vec<Plan>)>> {
-        let mut first = [0u8; GROUP_HEADER];
-        match self.file.read_exact_at(&mut first, 0) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(io("reading", &self.path, e)),
-        }
-        let first_generation = u64_at(&first, 8);
-        if u32_at(&first, 0) == GROUP_MAGIC && first_generation <= after {
+        if self.starts_held(after)? {
             // A turn sled holds: nothing to replay, nothing to check.
             return Ok(None);
         }
@@ -125,46 +135,85 @@ impl Wal {
             let len = u32_at(h, 4) as usize;
             let g = u64_at(h, 8);
             if u32_at(h, 0) != GROUP_MAGIC {
-                stop = Some("not a group header");
+                stop = Some("bad group header");
                 break;
             }
             if len > MAX_GROUP || bytes.len() - at - GROUP_HEADER < len {
-                stop = Some("a group longer than the file");
+                stop = Some("group length runs past the end of the file");
                 break;
             }
             if generation.is_some_and(|first| first != g) {
-                stop = Some("a group of another generation");
+                stop = Some("group of another generation");
                 break;
             }
             let payload = &bytes[at + GROUP_HEADER..at + GROUP_HEADER + len];
             if checksum(g, payload) != u32_at(h, 16) {
-                stop = Some("a group failing its checksum");
+                stop = Some("checksum mismatch");
                 break;
             }
-            // A group that passes its checksum but does not decode was written wrong: refuse it
-            // rather than drop acknowledged commits without a word.
+            // A group that passes its checksum but does not decode was written whole, and wrong:
+            // refuse it rather than drop acknowledged commits without a word.
             let plan = decode(payload).ok_or_else(|| {
-                Error::Io(format!(
-                    "{}: the log group at byte {at} is damaged (its checksum matches, its entries do not decode)",
-                    self.path.display()
-                ))
+                self.damaged(at, "checksum matches but the entries do not decode")
             })?;
             generation = Some(g);
             out.push(plan);
             at += GROUP_HEADER + len;
         }
-        // Where the log ends: a torn tail, zeros, an older turn — or damage, if a complete group
-        // of a generation sled does not hold comes later.
-        if let Some(reason) = stop
-            && later_group(&bytes, at + 1, after).is_some()
-        {
-            return Err(Error::LogDamaged {
-                path: self.path.display().to_string(),
-                offset: at as u64,
-                reason,
-            });
+        if let Some(reason) = stop {
+            // The groups that count as the log going on: of its generation, or (nothing read
+            // yet) of the generation the first header names or one sled may not hold yet — the
+            // unheld generations are `after + 1` (a file whose checkpoint had not finished) and
+            // `after + 2`.
+            let named = (u32_at(&bytes, at) == GROUP_MAGIC).then(|| u64_at(&bytes, at + 8));
+            let ours = |g: u64| match generation {
+                Some(n) => g == n,
+                None => g > after && (Some(g) == named || g - after <= 2),
+            };
+            if continues(&bytes, at, ours).is_some() {
+                return Err(self.damaged(at, reason));
+            }
+            if named.is_some_and(ours) {
+                tracing::info!(target: "paychan_store", path = %self.path.display(), offset = at, reason, "the write-ahead log ends in a torn group (never acknowledged); it is ignored");
+            }
         }
         Ok(generation.map(|g| (g, out)))
+    }
+
+    /// The refusal for damage at byte `at`.
+    fn damaged(&self, at: usize, reason: &'static str) -> Error {
+        Error::LogDamaged {
+            path: self.path.display().to_string(),
+            offset: at as u64,
+            reason,
+        }
+    }
+
+    /// Whether the file starts with an intact group of a generation sled holds (`<= after`):
+    /// then all of it is a turn sled holds (a turn is written from the file's start). The
+    /// group's checksum is checked, so that damage to its generation field cannot make an
+    /// unheld turn pass for a held one.
+    fn starts_held(&self, after: u64) -> Result<bool> {
+        let mut h = [0u8; GROUP_HEADER];
+        match self.file.read_exact_at(&mut h, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(io("reading", &self.path, e)),
+        }
+        let len = u32_at(&h, 4) as usize;
+        let g = u64_at(&h, 8);
+        if u32_at(&h, 0) != GROUP_MAGIC
+            || g > after
+            || len > MAX_GROUP
+            || (GROUP_HEADER + len) as u64 > self.size
+        {
+            return Ok(false);
+        }
+        let mut payload = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut payload, GROUP_HEADER as u64)
+            .map_err(|e| io("reading", &self.path, e))?;
+        Ok(checksum(g, &payload) == u32_at(&h, 16))
     }
 
     /// Makes this file the log of `generation`, written from its start (everything it held
@@ -292,27 +341,69 @@ impl Wal {
     }
 }
 
-/// The offset of the first complete, checksummed group at or after `from` whose generation is
-/// newer than `after`, if any: evidence that the log goes on past a point where reading stopped.
-fn later_group(bytes: &[u8], from: usize, after: u64) -> Option<usize> {
+/// The generation and end of the complete group at `at` whose checksum holds, if one is there.
+fn group_at(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
+    let h = bytes.get(at..at.checked_add(GROUP_HEADER)?)?;
+    let len = u32_at(h, 4) as usize;
+    if u32_at(h, 0) != GROUP_MAGIC || len > MAX_GROUP {
+        return None;
+    }
+    let end = at + GROUP_HEADER + len;
+    let g = u64_at(h, 8);
+    let payload = bytes.get(at + GROUP_HEADER..end)?;
+    (checksum(g, payload) == u32_at(h, 16)).then_some((g, end))
+}
+
+/// Where, after the log stopped at `at` (a header's worth of bytes at least is left there), a
+/// group of a generation `ours` accepts starts that shows the log goes on past damage, if
+/// anywhere (see the module documentation). Evidence is, in turn:
+///
+/// 1. a group at the boundary the stopped header declares (right unless its length field is
+///    damaged);
+/// 2. if the stopped header is one of this log's (magic, generation) and its extent fits in the
+///    file, a group inside that extent at which the header's checksum cuts the payload (damage
+///    to the length field alone) — and nothing else there: the extent is the group's payload,
+///    written by one `pwrite`, and a torn group keeps whatever values it carried;
+/// 3. beyond, a scan that steps over every intact group of another generation (an older turn)
+///    and takes a group it finds only if another group of ours follows it directly: a payer
+///    controls at most 32 contiguous bytes of a value (a channel's salt), room for one forged
+///    group but not two.
+///
+/// Missed: damage to the length field and the checksum of the last group but one, or of a
+/// group whose declared extent covers every group after it.
+fn continues(bytes: &[u8], at: usize, ours: impl Fn(u64) -> bool) -> Option<usize> {
+    let is_ours = |i: usize| group_at(bytes, i).filter(|&(g, _)| ours(g));
+    let h = bytes.get(at..at + GROUP_HEADER)?;
+    let (len, g, crc) = (u32_at(h, 4) as usize, u64_at(h, 8), u32_at(h, 16));
+    let declared = (at + GROUP_HEADER).checked_add(len)?;
+    if is_ours(declared).is_some() {
+        return Some(declared);
+    }
     let magic = GROUP_MAGIC.to_le_bytes();
-    let mut i = from;
-    while i + GROUP_HEADER <= bytes.len() {
-        let found = bytes[i..bytes.len() - GROUP_HEADER + 4]
-            .windows(4)
-            .position(|w| w == magic)?;
-        let at = i + found;
-        let h = &bytes[at..at + GROUP_HEADER];
-        let len = u32_at(h, 4) as usize;
-        let g = u64_at(h, 8);
-        if g > after
-            && len <= MAX_GROUP
-            && bytes.len() - at - GROUP_HEADER >= len
-            && checksum(g, &bytes[at + GROUP_HEADER..at + GROUP_HEADER + len]) == u32_at(h, 16)
-        {
-            return Some(at);
+    let mine =
+        u32_at(h, 0) == GROUP_MAGIC && ours(g) && len <= MAX_GROUP && declared <= bytes.len();
+    if mine {
+        let payload = &bytes[at + GROUP_HEADER..declared];
+        let cut = payload.windows(4).enumerate().find_map(|(k, w)| {
+            (w == magic
+                && is_ours(at + GROUP_HEADER + k).is_some()
+                && checksum(g, &payload[..k]) == crc)
+                .then_some(at + GROUP_HEADER + k)
+        });
+        if cut.is_some() {
+            return cut;
         }
-        i = at + 1;
+    }
+    let mut i = if mine { declared } else { at };
+    while i + GROUP_HEADER <= bytes.len() {
+        match group_at(bytes, i) {
+            Some((g, end)) if ours(g) && is_ours(end).is_some() => return Some(i),
+            Some((_, end)) => i = end,
+            None => {
+                let rest = bytes.get(i + 1..)?;
+                i += 1 + rest.windows(4).position(|w| w == magic)?;
+            }
+        }
     }
     None
 }
@@ -498,6 +589,36 @@ mod tests {
         assert_eq!(
             Wal::open(path.clone()).unwrap().read(4).unwrap(),
             Some((6, vec![plan(9)]))
+        );
+    }
+
+    #[test]
+    fn a_group_forged_inside_a_payers_value_cannot_turn_a_torn_tail_into_a_refusal() {
+        // A payer chooses 32 bytes of what is logged (a channel's salt): room for one complete
+        // group of the log's own generation with an empty payload.
+        let mut forged = vec![0u8; GROUP_HEADER];
+        forged[0..4].copy_from_slice(&GROUP_MAGIC.to_le_bytes());
+        forged[8..16].copy_from_slice(&4u64.to_le_bytes());
+        forged[16..20].copy_from_slice(&checksum(4, &[]).to_le_bytes());
+        forged.resize(32, 0xAA);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let mut w = Wal::open(path.clone()).unwrap();
+        w.begin(4);
+        for n in 0..3 {
+            w.write(&mut group(&[plan(n)]), true).unwrap();
+        }
+        let last = w.written() as usize;
+        let salted: Plan = vec![(b"salt".to_vec(), Some(forged))];
+        w.write(&mut group(&[salted]), true).unwrap();
+        // the last group torn (never acknowledged): its checksum no longer holds, the forged
+        // group inside it still does
+        let mut b = std::fs::read(&path).unwrap();
+        b[last + 16] ^= 0x01;
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(
+            Wal::open(path.clone()).unwrap().read(3).unwrap(),
+            Some((4, (0..3).map(plan).collect()))
         );
     }
 
