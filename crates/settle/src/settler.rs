@@ -354,6 +354,27 @@ where
         self.round(Trigger::Manual, Scope::Everything, false).await
     }
 
+    /// Claims the channels `ids` now (after finishing open journal entries, ignoring retry
+    /// backoffs), and settles afterwards if the policy settles after claims. A channel with
+    /// nothing left to claim is reported in `already_claimed`; one the store does not know is
+    /// skipped.
+    pub async fn claim_channels(&self, ids: &[B256]) -> Result<RoundReport> {
+        let _g = self.inner.round.lock().await;
+        self.drain_events();
+        let mut report = RoundReport::new(Trigger::Manual);
+        let covered = self.reconcile(&mut report).await?;
+        report.considered = ids.len();
+        if !ids.is_empty() {
+            self.claim(ids, &covered, &mut report).await?;
+        }
+        if self.inner.policy.settle == SettleMode::AfterClaims {
+            let pairs: Vec<_> = self.state().unsettled.iter().copied().collect();
+            self.settle_pairs(pairs, &mut report).await;
+        }
+        log_round(&report);
+        Ok(report)
+    }
+
     /// Settles every (receiver, token) whose claimed total is above its settled total on chain.
     pub async fn settle_now(&self) -> Result<RoundReport> {
         let _g = self.inner.round.lock().await;
