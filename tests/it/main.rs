@@ -9,4 +9,5 @@ mod facilitator_interop;
 mod interop;
 mod node;
 mod reference_client;
+mod reference_server;
 mod reference_stack;

@@ -71,6 +71,73 @@ pub(crate) struct File {
     pub(crate) relay: RelaySection,
     /// Claiming and settling on chain (absent: this server does not claim; something else must).
     pub(crate) settlement: Option<SettlementSection>,
+    /// `[control]`: the gRPC control plane (on by default, on loopback).
+    #[serde(default)]
+    pub(crate) control: ControlSection,
+}
+
+/// `[control]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ControlSection {
+    /// Address of the gRPC control plane (default `127.0.0.1:9403`; `"off"` disables it).
+    pub(crate) listen: Option<String>,
+    /// The bearer token file callers must present (default `<data_dir>/control.token`, created
+    /// with a fresh random token and mode 0600 if missing).
+    pub(crate) token_file: Option<PathBuf>,
+    /// Listen on an address other than loopback anyway. The control plane speaks plaintext
+    /// HTTP/2 and moves money: only behind a proxy that terminates TLS and restricts who
+    /// connects.
+    pub(crate) allow_non_loopback: Option<bool>,
+}
+
+/// The control plane's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ControlSettings {
+    /// Where it listens.
+    pub(crate) listen: SocketAddr,
+    /// Its bearer token file.
+    pub(crate) token_file: PathBuf,
+}
+
+/// The `[control]` settings of the configuration file at `path`, for the control plane's
+/// clients (nothing else in the file is checked or loaded).
+pub(crate) fn control_of(path: &std::path::Path) -> Result<Option<ControlSettings>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: File = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    f.control.settings(base, &base.join(&f.data_dir))
+}
+
+/// The control plane's default address.
+pub(crate) const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:9403";
+
+impl ControlSection {
+    /// Validated settings (`None`: off); relative paths are relative to `base`, the token file
+    /// defaults to `data_dir/control.token`.
+    pub(crate) fn settings(
+        &self,
+        base: &std::path::Path,
+        data_dir: &std::path::Path,
+    ) -> Result<Option<ControlSettings>> {
+        let listen = match self.listen.as_deref().unwrap_or(DEFAULT_CONTROL_LISTEN) {
+            "off" => return Ok(None),
+            a => a.parse::<SocketAddr>().with_context(|| {
+                format!("control.listen must be an address like {DEFAULT_CONTROL_LISTEN} or \"off\", not {a:?}")
+            })?,
+        };
+        if !listen.ip().is_loopback() && !self.allow_non_loopback.unwrap_or(false) {
+            bail!(
+                "control.listen {listen} is not a loopback address: the control plane speaks plaintext and can claim, settle and refund; keep it on loopback, or put a TLS-terminating proxy in front and set control.allow_non_loopback = true"
+            );
+        }
+        let token_file = match &self.token_file {
+            Some(p) => base.join(p),
+            None => data_dir.join("control.token"),
+        };
+        Ok(Some(ControlSettings { listen, token_file }))
+    }
 }
 
 /// `[settlement]`.
@@ -276,6 +343,8 @@ pub(crate) struct Config {
     pub(crate) refunds_per_minute: u32,
     /// Settlement, if this server claims and settles.
     pub(crate) settlement: Option<Settlement>,
+    /// The gRPC control plane; `None`: off.
+    pub(crate) control: Option<ControlSettings>,
 }
 
 /// Validated `[settlement]`.
@@ -604,11 +673,14 @@ impl Config {
                 Some(Settlement { policy, relayer })
             }
         };
+        let data_dir = base.join(&f.data_dir);
+        let control = f.control.settings(base, &data_dir)?;
         Ok(Self {
             settlement,
+            control,
             facilitator,
             listen,
-            data_dir: base.join(&f.data_dir),
+            data_dir,
             durability,
             // Every commit under load may wait this long: beyond 100 ms it is a typo, not a choice.
             group_commit_window: match f.group_commit_window_us.unwrap_or(4000) {
@@ -698,6 +770,9 @@ price = 5000
         assert_eq!(c.routes[0].2.amount, 10_000);
         assert_eq!(c.free_routes.len(), 1);
         assert_eq!(c.operator_listen, Some("127.0.0.1:9402".parse().unwrap()));
+        let control = c.control.as_ref().unwrap();
+        assert_eq!(control.listen, "127.0.0.1:9403".parse().unwrap());
+        assert!(control.token_file.ends_with("paychan-data/control.token"));
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.group_commit_window, Duration::from_millis(4));
@@ -998,5 +1073,35 @@ price = 5000
                 .contains("the receiver authorizer key is for")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_control_plane_is_on_loopback_by_default_and_refuses_to_be_exposed() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.control,
+            Some(ControlSettings {
+                listen: DEFAULT_CONTROL_LISTEN.parse().unwrap(),
+                token_file: "/base/d/control.token".into(),
+            })
+        );
+        let with = |section: &str| parse(&format!("{GOOD}\n[control]\n{section}\n"));
+        assert_eq!(with("listen = \"off\"").unwrap().control, None);
+        let c = with("listen = \"[::1]:7000\"\ntoken_file = \"t/control.token\"").unwrap();
+        assert_eq!(
+            c.control.unwrap(),
+            ControlSettings {
+                listen: "[::1]:7000".parse().unwrap(),
+                token_file: "/base/t/control.token".into(),
+            }
+        );
+        for open in ["0.0.0.0:9403", "192.168.1.5:9403", "[::]:9403"] {
+            let err = format!("{:#}", with(&format!("listen = \"{open}\"")).unwrap_err());
+            assert!(err.contains("not a loopback address"), "{err}");
+            let c = with(&format!("listen = \"{open}\"\nallow_non_loopback = true")).unwrap();
+            assert_eq!(c.control.unwrap().listen, open.parse().unwrap());
+        }
+        assert!(with("listen = \"localhost\"").is_err());
+        assert!(with("tls = true").is_err(), "unknown fields are refused");
     }
 }

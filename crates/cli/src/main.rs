@@ -1,6 +1,8 @@
 //! `paychan`: pay-per-call billing of AI inference over HTTP 402 (x402 v2, batch-settlement).
 
 mod config;
+mod control;
+mod pay;
 mod wiring;
 
 use std::{path::PathBuf, sync::Arc};
@@ -86,22 +88,57 @@ enum Command {
         #[arg(long, default_value_t = paychan_facilitator::DEFAULT_MIN_DEPOSIT)]
         min_deposit: u128,
     },
+    /// A local HTTP proxy that pays: point an agent's base URL at it; each request goes to the
+    /// one --upstream, paid over x402 batch-settlement, and the answer streams back unchanged.
+    /// Loopback only by default. Key: --key-file or PAYCHAN_PAYER_KEY (never argv).
+    PayProxy(Box<pay::proxy::ProxyArgs>),
+    /// Make N paid requests to a URL (C at a time) and print a summary: ok, errors, spent,
+    /// deposited, p50/p99 latency. Key: --key-file or PAYCHAN_PAYER_KEY (never argv).
+    Call(Box<pay::call::CallArgs>),
     /// Run the whole dev stack: a dev chain with paychan's contracts, the engine and server, and
     /// a demo upstream. Everything is fresh on each start and gone on exit.
-    Dev {
-        /// Address of the paid server.
-        #[arg(long, default_value = "127.0.0.1:8402")]
-        listen: std::net::SocketAddr,
-        /// Port of the dev chain's JSON-RPC (0 picks a free one).
-        #[arg(long, default_value_t = 8545)]
-        chain_port: u16,
-        /// Maximum price per request, atomic units of the dev token (6 decimals).
-        #[arg(long, default_value_t = 10_000)]
-        price: u128,
-        /// Demo upstream price per token.
-        #[arg(long, default_value_t = 10)]
-        price_per_token: u128,
-    },
+    Dev(Box<DevArgs>),
+    /// Channels of the server's store, through its gRPC control plane: list, show, watch
+    /// events, and claim, settle or refund now.
+    Channel(Box<control::ChannelArgs>),
+    /// Engine and settlement statistics and health, through the gRPC control plane.
+    Stats(Box<control::StatsArgs>),
+    /// A payer's own channel at a server, on chain: open, top up, withdraw (timed), finalize,
+    /// status. Key: --key-file or PAYCHAN_PAYER_KEY (never argv).
+    Payer(Box<control::payer::PayerArgs>),
+}
+
+/// `paychan dev`.
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Address of the paid server.
+    #[arg(long, default_value = "127.0.0.1:8402")]
+    listen: std::net::SocketAddr,
+    /// Port of the dev chain's JSON-RPC (0 picks a free one).
+    #[arg(long, default_value_t = 8545)]
+    chain_port: u16,
+    /// Maximum price per request, atomic units of the dev token (6 decimals).
+    #[arg(long, default_value_t = 10_000)]
+    price: u128,
+    /// Demo upstream price per token.
+    #[arg(long, default_value_t = 10)]
+    price_per_token: u128,
+    /// Address of the gRPC control plane (loopback only; 127.0.0.1:0 picks a free port).
+    #[arg(long, default_value = config::DEFAULT_CONTROL_LISTEN)]
+    grpc_listen: std::net::SocketAddr,
+    /// Address of the operator listener (/metrics, /health; 127.0.0.1:0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9402")]
+    operator_listen: std::net::SocketAddr,
+    /// Once everything serves, write a JSON object describing the stack to this file (mode
+    /// 0600: it holds the funded dev payer keys): rpc_url, chain_id, network, token, token_name,
+    /// token_version, settlement, collector, gateway_url, paid_path, grpc_addr, grpc_token_file,
+    /// receiver, payer_private_keys, data_dir, …
+    #[arg(long, value_name = "PATH")]
+    info_file: Option<PathBuf>,
+    /// Claim every channel with unclaimed charges this often, seconds, and settle after each
+    /// claim (0: only when asked, `paychan channel claim`).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    claim_every_secs: u64,
 }
 
 fn init_logging(filter: &str) {
@@ -170,6 +207,7 @@ fn relayer_address(r: &paychan_chain::Relayer<SledStore>) -> alloy_primitives::A
 async fn run_server(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&control::serve::Serving) -> Result<()>,
 ) -> Result<()> {
     let mut store_cfg = SledStoreConfig::new(&cfg.data_dir);
     store_cfg.durability = cfg.durability;
@@ -255,6 +293,14 @@ async fn run_server(
         ),
         _ => None,
     };
+    // The gRPC control plane (loopback by default) over the same engine and scheduler.
+    let receivers = cfg.routes.iter().map(|r| r.2.pay_to).collect();
+    let control = match &cfg.control {
+        Some(c) => {
+            Some(control::serve::start(c, engine.clone(), settler.clone(), receivers).await?)
+        }
+        None => None,
+    };
     let mut routes = Vec::new();
     for (method, path, offer, description) in cfg.routes {
         let method = match method {
@@ -313,12 +359,26 @@ async fn run_server(
         None => None,
     };
     let operator_addr = operator.as_ref().map(|(a, _)| a.to_string());
-    tracing::info!(target: "paychan", %addr, operator = ?operator_addr, "listening");
+    let serving = control::serve::Serving {
+        addr,
+        operator_addr: operator.as_ref().map(|(a, _)| *a),
+        grpc_addr: control.as_ref().map(|c| c.addr),
+        grpc_token_file: control.as_ref().map(|c| c.token_file.clone()),
+    };
+    tracing::info!(target: "paychan", %addr, operator = ?operator_addr, grpc = ?serving.grpc_addr, "listening");
+    // Before the `listening` line, so that whoever waits for it finds what `on_ready` wrote.
+    on_ready(&serving)?;
     #[allow(clippy::print_stdout)]
     {
         println!(
             "{}",
-            serde_json::json!({"event": "listening", "addr": addr.to_string(), "operator_addr": operator_addr})
+            serde_json::json!({
+                "event": "listening",
+                "addr": addr.to_string(),
+                "operator_addr": operator_addr,
+                "grpc_addr": serving.grpc_addr.map(|a| a.to_string()),
+                "grpc_token_file": serving.grpc_token_file.as_ref().map(|p| p.display().to_string()),
+            })
         );
     }
     // The settler runs beside the server. At shutdown the server stops first (no new charges),
@@ -335,6 +395,9 @@ async fn run_server(
     if let Some((_, t)) = operator {
         let _ = t.await;
     }
+    if let Some(c) = control {
+        c.stop().await;
+    }
     let _ = stop_settler.send(());
     if let Some(t) = settler_task {
         match t.await {
@@ -348,12 +411,17 @@ async fn run_server(
     Ok(())
 }
 
-async fn dev(
-    listen: std::net::SocketAddr,
-    chain_port: u16,
-    price: u128,
-    price_per_token: u128,
-) -> Result<()> {
+async fn dev(a: DevArgs) -> Result<()> {
+    let DevArgs {
+        listen,
+        chain_port,
+        price,
+        price_per_token,
+        grpc_listen,
+        operator_listen,
+        info_file,
+        claim_every_secs,
+    } = a;
     use paychan_devchain::{DevChain, DevChainConfig, Role};
     let chain = Arc::new(
         DevChain::start_with(DevChainConfig {
@@ -363,6 +431,7 @@ async fn dev(
         .await
         .context("starting the dev chain (did you run `npm ci`?)")?,
     );
+    let payers = control::dev::fund_payers(&chain).await?;
     let data = tempfile_dir()?;
     let c = chain.contracts();
     let authorizer = chain.account(Role::ReceiverAuthorizer);
@@ -375,7 +444,7 @@ async fn dev(
         upstream: "demo".into(),
         upstream_timeout_secs: None,
         upstream_connect_timeout_secs: None,
-        operator_listen: None,
+        operator_listen: Some(operator_listen.to_string()),
         limits: None,
         free_routes: Vec::new(),
         max_onchain_age_secs: Some(5),
@@ -406,6 +475,11 @@ async fn dev(
         facilitator: None,
         relay: config::RelaySection::default(),
         settlement: None,
+        control: config::ControlSection {
+            listen: Some(grpc_listen.to_string()),
+            token_file: None,
+            allow_non_loopback: None,
+        },
     };
     let mut cfg = Config::from_file(file, std::path::Path::new("/"))?;
     cfg.receiver_authorizer = Some(paychan_core::sig::LocalSigner::from_bytes(&authorizer.key)?);
@@ -418,7 +492,7 @@ async fn dev(
     };
     // Claim every minute and settle after each claim, so the flow is visible on the dev chain.
     let policy = paychan_settle::SettlePolicy {
-        interval: Some(std::time::Duration::from_secs(60)),
+        interval: (claim_every_secs > 0).then(|| std::time::Duration::from_secs(claim_every_secs)),
         ..Default::default()
     };
     cfg.settlement = Some(config::Settlement { policy, relayer });
@@ -437,7 +511,14 @@ async fn dev(
         data.display(),
         payer.address,
     );
-    let result = run_server(cfg, shutdown_signal()).await;
+    let result = run_server(cfg, shutdown_signal(), |serving| {
+        control::dev::announce(&chain, serving, &data, price, &payers, info_file.as_deref())
+    })
+    .await;
+    if let Some(p) = &info_file {
+        // it names keys of a chain that is gone now
+        let _ = std::fs::remove_file(p);
+    }
     drop(chain);
     let _ = std::fs::remove_dir_all(&data);
     result
@@ -538,16 +619,16 @@ async fn main() {
                 if let Some(l) = listen {
                     cfg.listen = l;
                 }
-                run_server(cfg, shutdown_signal()).await
+                run_server(cfg, shutdown_signal(), |_| Ok(())).await
             }
             Err(e) => Err(e),
         },
-        Command::Dev {
-            listen,
-            chain_port,
-            price,
-            price_per_token,
-        } => dev(listen, chain_port, price, price_per_token).await,
+        Command::Dev(a) => dev(*a).await,
+        Command::Channel(a) => control::exit(control::channel(*a).await),
+        Command::Stats(a) => control::exit(control::stats(*a).await),
+        Command::Payer(a) => control::exit(control::payer::run(*a).await),
+        Command::PayProxy(a) => pay::proxy::run(*a, shutdown_signal()).await,
+        Command::Call(a) => pay::call::run(*a).await,
         Command::Facilitator {
             rpc_url,
             chain_id,

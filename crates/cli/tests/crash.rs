@@ -186,6 +186,7 @@ async fn acknowledged_charges_survive_sigkill() {
 data_dir = "store"
 upstream = "demo"
 operator_listen = "off"
+control = {{ listen = "127.0.0.1:0" }}
 # checkpoints all the time, so that kills land during them too
 checkpoint_interval_ms = 20
 demo_price_per_token = "40"

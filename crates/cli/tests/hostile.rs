@@ -164,6 +164,7 @@ async fn no_spelling_of_a_paid_path_reaches_the_upstream_unpaid() {
 data_dir = "store"
 upstream = "{upstream}"
 operator_listen = "127.0.0.1:0"
+control = {{ listen = "127.0.0.1:0" }}
 
 [chain]
 rpc_url = "{rpc}"
@@ -421,6 +422,7 @@ async fn unpaid_requests_on_one_connection_keep_it_alive() {
 data_dir = "store"
 upstream = "demo"
 operator_listen = "off"
+control = {{ listen = "127.0.0.1:0" }}
 
 [chain]
 rpc_url = "{rpc}"

@@ -116,8 +116,10 @@ impl Proxy {
     }
 }
 
-/// Headers that belong to one connection, plus the payment headers the upstream must not see.
-fn skip(name: &HeaderName) -> bool {
+/// Headers that are not forwarded: those that belong to one connection (hop-by-hop), `host` and
+/// `content-length` (set again for the next hop), and the payment headers the upstream must not
+/// see. Also used by `paychan pay-proxy`.
+pub fn not_forwarded(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -137,7 +139,7 @@ fn skip(name: &HeaderName) -> bool {
 
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (k, v) in from {
-        if !skip(k) {
+        if !not_forwarded(k) {
             to.append(k.clone(), v.clone());
         }
     }
