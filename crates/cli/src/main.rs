@@ -256,7 +256,7 @@ async fn run_server(
         _ => None,
     };
     let mut routes = Vec::new();
-    for (method, path, offer, description) in cfg.routes {
+    for (method, path, offer, description, pricing) in cfg.routes {
         let method = match method {
             Some(m) => Some(
                 m.parse()
@@ -270,10 +270,17 @@ async fn run_server(
             offer,
             description,
             mime_type: None,
+            pricing,
         });
     }
     let upstream = match &cfg.upstream {
-        Some(url) => Upstream::Proxy(Proxy::with_timeouts(url, cfg.upstream_timeouts)?),
+        Some(url) => {
+            let proxy = Proxy::with_timeouts(url, cfg.upstream_timeouts)?;
+            Upstream::Proxy(match &cfg.upstream_token {
+                Some(t) => proxy.with_bearer(t),
+                None => proxy,
+            })
+        }
         None => Upstream::Demo(DemoConfig {
             price_per_token: cfg.demo_price_per_token,
         }),
@@ -373,6 +380,7 @@ async fn dev(
         group_commit_window_us: None,
         checkpoint_interval_ms: None,
         upstream: "demo".into(),
+        upstream_token_file: None,
         upstream_timeout_secs: None,
         upstream_connect_timeout_secs: None,
         operator_listen: None,
@@ -402,6 +410,7 @@ async fn dev(
             method: None,
             price: toml::Value::String(price.to_string()),
             description: Some("demo inference".into()),
+            per_token: None,
         }],
         facilitator: None,
         relay: config::RelaySection::default(),
