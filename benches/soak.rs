@@ -1267,6 +1267,7 @@ async fn main() {
         offer: offer.clone(),
         description: None,
         mime_type: None,
+        pricing: Default::default(),
     }];
     let app = paychan_server::app(
         PaidState::new(engine.clone(), routes),

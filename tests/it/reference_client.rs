@@ -57,6 +57,7 @@ async fn the_reference_client_pays_a_paychan_server() {
         offer: offer.clone(),
         description: Some("demo inference".into()),
         mime_type: None,
+        pricing: Default::default(),
     }];
     let router = app(
         PaidState::new(engine.clone(), routes),

@@ -36,6 +36,9 @@ pub(crate) struct File {
     pub(crate) checkpoint_interval_ms: Option<u64>,
     /// Upstream base URL, or `demo` for the built-in demo upstream.
     pub(crate) upstream: String,
+    /// File holding a token sent to the upstream as `Authorization: Bearer <token>` in place
+    /// of the client's (an API key of a hosted upstream); owner-only permissions.
+    pub(crate) upstream_token_file: Option<PathBuf>,
     /// Upstream read-idle timeout: no byte from the upstream for this long fails the request or
     /// ends its stream, seconds (default 120). Not a total: a long paid stream is never cut.
     pub(crate) upstream_timeout_secs: Option<u64>,
@@ -260,6 +263,22 @@ pub(crate) struct RouteSection {
     pub(crate) price: toml::Value,
     /// Description shown to clients.
     pub(crate) description: Option<String>,
+    /// Price per token from the answer's `usage`, within `price` (the maximum).
+    pub(crate) per_token: Option<PerTokenSection>,
+}
+
+/// `per_token = { input = …, output = …, fixed = …, fallback = … }` of a `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PerTokenSection {
+    /// Per input (prompt) token, atomic units.
+    pub(crate) input: toml::Value,
+    /// Per output (completion) token, atomic units.
+    pub(crate) output: toml::Value,
+    /// Per request on top of the tokens (default 0).
+    pub(crate) fixed: Option<toml::Value>,
+    /// The price of an answer without usable usage: `"max"` (default) or an amount.
+    pub(crate) fallback: Option<toml::Value>,
 }
 
 /// `[[free_route]]`.
@@ -288,6 +307,15 @@ pub(crate) struct LimitsSection {
     pub(crate) max_body_bytes: Option<usize>,
 }
 
+/// A paid route: (method, path, offer, description, pricing).
+pub(crate) type Route = (
+    Option<String>,
+    String,
+    BatchRequirements,
+    Option<String>,
+    paychan_server::Pricing,
+);
+
 /// A validated configuration.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -305,6 +333,8 @@ pub(crate) struct Config {
     pub(crate) upstream: Option<String>,
     /// Upstream read-idle and connect timeouts.
     pub(crate) upstream_timeouts: paychan_server::proxy::ProxyTimeouts,
+    /// The upstream's bearer token, if configured (its `Debug` hides it).
+    pub(crate) upstream_token: Option<paychan_service::BearerToken>,
     /// The operator listener, if any.
     pub(crate) operator_listen: Option<SocketAddr>,
     /// Free routes: (method, path).
@@ -327,8 +357,8 @@ pub(crate) struct Config {
     pub(crate) chain_id: u64,
     /// Escrow.
     pub(crate) escrow: Address,
-    /// Paid routes: (method, path, offer, description).
-    pub(crate) routes: Vec<(Option<String>, String, BatchRequirements, Option<String>)>,
+    /// Paid routes.
+    pub(crate) routes: Vec<Route>,
     /// The receiver authorizer's key, if provided.
     pub(crate) receiver_authorizer: Option<LocalSigner>,
     /// The facilitator.
@@ -413,6 +443,34 @@ fn price(v: &toml::Value, path: &str) -> Result<u128> {
         _ => bail!("{path} must be a non-negative integer (atomic units), as a string or number"),
     };
     paychan_core::amount::parse_u128(&s).map_err(|e| anyhow::anyhow!("{path} {s:?}: {e}"))
+}
+
+/// A route's pricing: fixed unless it has `per_token`.
+fn pricing(p: Option<&PerTokenSection>, path: &str) -> Result<paychan_server::Pricing> {
+    use paychan_server::{Fallback, Pricing, TokenPrices};
+    let Some(p) = p else {
+        return Ok(Pricing::Fixed);
+    };
+    let at = |k: &str| format!("route {path}: per_token.{k}");
+    let fallback = match &p.fallback {
+        None => Fallback::Max,
+        Some(toml::Value::String(s)) if s == "max" => Fallback::Max,
+        Some(v) => Fallback::Fixed(
+            price(v, &at("fallback"))
+                .with_context(|| format!("{} is \"max\" or an amount", at("fallback")))?,
+        ),
+    };
+    Ok(Pricing::PerToken(TokenPrices {
+        input: price(&p.input, &at("input"))?,
+        output: price(&p.output, &at("output"))?,
+        fixed: p
+            .fixed
+            .as_ref()
+            .map(|v| price(v, &at("fixed")))
+            .transpose()?
+            .unwrap_or(0),
+        fallback,
+    }))
 }
 
 impl Config {
@@ -513,6 +571,7 @@ impl Config {
                     ..template.clone()
                 },
                 r.description.clone(),
+                pricing(r.per_token.as_ref(), &r.path)?,
             ));
         }
         let free_routes = f
@@ -691,6 +750,15 @@ impl Config {
                 0 => bail!("checkpoint_interval_ms must be at least 1"),
                 ms => Duration::from_millis(ms),
             },
+            upstream_token: f
+                .upstream_token_file
+                .as_ref()
+                .map(|p| {
+                    let p = base.join(p);
+                    paychan_service::BearerToken::load(&p)
+                        .map_err(|e| anyhow::anyhow!("upstream_token_file: {e}"))
+                })
+                .transpose()?,
             upstream,
             upstream_timeouts: paychan_server::proxy::ProxyTimeouts {
                 connect: Duration::from_secs(f.upstream_connect_timeout_secs.unwrap_or(10)),
@@ -768,6 +836,8 @@ price = 5000
         let c = Config::from_file(toml::from_str(&text).unwrap(), path.parent().unwrap()).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].2.amount, 10_000);
+        assert!(matches!(&c.routes[0].4, paychan_server::Pricing::PerToken(p) if p.output == 8));
+        assert_eq!(c.routes[1].4, paychan_server::Pricing::Fixed);
         assert_eq!(c.free_routes.len(), 1);
         assert_eq!(c.operator_listen, Some("127.0.0.1:9402".parse().unwrap()));
         let control = c.control.as_ref().unwrap();
@@ -852,6 +922,54 @@ price = 5000
             with("[settlement]\ninterval_secs = 60").unwrap_err()
         );
         assert!(err.contains("receiver authorizer's key"), "{err}");
+    }
+
+    #[test]
+    fn per_token_routes_are_read_and_checked() {
+        use paychan_server::{Fallback, Pricing, TokenPrices};
+        let with = |extra: &str| {
+            parse(&GOOD.replacen(
+                "[[route]]\npath = \"/v1/*\"",
+                &format!("[[route]]\npath = \"/v1/*\"\n{extra}"),
+                1,
+            ))
+        };
+        let c = with(r#"per_token = { input = 2, output = "8", fixed = 100, fallback = 5000 }"#)
+            .unwrap();
+        assert_eq!(
+            c.routes[0].4,
+            Pricing::PerToken(TokenPrices {
+                input: 2,
+                output: 8,
+                fixed: 100,
+                fallback: Fallback::Fixed(5000)
+            })
+        );
+        let c = with(r#"per_token = { input = 0, output = 1 }"#).unwrap();
+        assert_eq!(
+            c.routes[0].4,
+            Pricing::PerToken(TokenPrices {
+                input: 0,
+                output: 1,
+                fixed: 0,
+                fallback: Fallback::Max
+            })
+        );
+        // routes without per_token stay fixed
+        assert_eq!(parse(GOOD).unwrap().routes[0].4, Pricing::Fixed);
+        for bad in [
+            r#"per_token = { input = -1, output = 1 }"#,
+            r#"per_token = { input = 1 }"#,
+            r#"per_token = { input = 1, output = 1.5 }"#,
+            r#"per_token = { input = 1, output = 1, fallback = "min" }"#,
+            r#"per_token = { input = 1, output = 1, surprise = 1 }"#,
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("per_token") || format!("{e:#}").contains("route"),
+                "{bad}: {e:#}"
+            );
+        }
     }
 
     #[test]

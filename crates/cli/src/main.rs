@@ -302,7 +302,7 @@ async fn run_server(
         None => None,
     };
     let mut routes = Vec::new();
-    for (method, path, offer, description) in cfg.routes {
+    for (method, path, offer, description, pricing) in cfg.routes {
         let method = match method {
             Some(m) => Some(
                 m.parse()
@@ -316,10 +316,17 @@ async fn run_server(
             offer,
             description,
             mime_type: None,
+            pricing,
         });
     }
     let upstream = match &cfg.upstream {
-        Some(url) => Upstream::Proxy(Proxy::with_timeouts(url, cfg.upstream_timeouts)?),
+        Some(url) => {
+            let proxy = Proxy::with_timeouts(url, cfg.upstream_timeouts)?;
+            Upstream::Proxy(match &cfg.upstream_token {
+                Some(t) => proxy.with_bearer(t),
+                None => proxy,
+            })
+        }
         None => Upstream::Demo(DemoConfig {
             price_per_token: cfg.demo_price_per_token,
         }),
@@ -442,6 +449,7 @@ async fn dev(a: DevArgs) -> Result<()> {
         group_commit_window_us: None,
         checkpoint_interval_ms: None,
         upstream: "demo".into(),
+        upstream_token_file: None,
         upstream_timeout_secs: None,
         upstream_connect_timeout_secs: None,
         operator_listen: Some(operator_listen.to_string()),
@@ -471,6 +479,7 @@ async fn dev(a: DevArgs) -> Result<()> {
             method: None,
             price: toml::Value::String(price.to_string()),
             description: Some("demo inference".into()),
+            per_token: None,
         }],
         facilitator: None,
         relay: config::RelaySection::default(),

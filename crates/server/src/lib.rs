@@ -12,11 +12,15 @@
 //! | --- | --- |
 //! | [`route`] | the request target, normalised once; fail-closed routing |
 //! | [`paid`] | the payment middleware, paid routes, 402 responses |
+//! | [`pricing`] | fixed and per-token prices, usage read from OpenAI-style answers and streams |
+//! | `metered` | a streamed answer passed through and charged when it ends |
 //! | [`proxy`] | streaming reverse proxy to the upstream |
 //! | [`demo`] | a demo upstream (echo chat completions priced per token) |
 
 pub mod demo;
+mod metered;
 pub mod paid;
+pub mod pricing;
 pub mod proxy;
 pub mod route;
 
@@ -28,6 +32,7 @@ use paychan_store::Store;
 
 pub use paid::{Charge, PaidOptions, PaidRoute, PaidState};
 pub use paychan_service::Limits;
+pub use pricing::{Fallback, Pricing, TokenPrices};
 pub use route::RoutePattern;
 
 /// What serves paid requests after payment.

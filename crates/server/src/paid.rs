@@ -5,11 +5,18 @@
 //! price on success (status < 400) or abort on failure → answer with `PAYMENT-RESPONSE`. The
 //! charge is durable before the response carrying `PAYMENT-RESPONSE` is returned.
 //!
-//! The price of a request is its route's maximum unless the inner service says less, either with
-//! a [`Charge`] response extension (in-process handlers) or an `x-paychan-charge` response header
-//! (upstream services behind the proxy; removed before the response leaves). A price above the
-//! maximum is capped at the maximum. The price must be known when the response head is ready
-//! (streamed bodies are charged as of their head).
+//! The price of a request is set, in this order, by the inner service — a [`Charge`] response
+//! extension (in-process handlers) or an `x-paychan-charge` response header (upstream services
+//! behind the proxy; removed before the response leaves) — or by the route's [`Pricing`]:
+//! fixed (the route's maximum, known at the response head; streamed bodies are charged as of
+//! their head), or per token, from the answer's `usage` ([`crate::pricing`]): a JSON answer is
+//! read whole (up to [`PaidOptions::max_response_bytes`]) and charged before it is returned, a
+//! streamed one (`text/event-stream`) is passed through as it comes and charged when it ends
+//! ([`crate::metered`]). A price above the maximum is capped at the maximum.
+//!
+//! Nothing is charged for a failure: an upstream status of 400 or more (the proxy answers 502
+//! or 504 when it cannot reach the upstream or times out), and, on per-token routes, an answer
+//! that is not JSON, is cut off, or is larger than the limit (answered `502`, the body withheld).
 
 use std::sync::Arc;
 
@@ -32,7 +39,11 @@ use paychan_core::{
 use paychan_engine::{Begin, Clock, Decline, Engine, OnchainSource, PaymentFacilitator};
 use paychan_store::Store;
 
-use crate::route::{self, Decision, RoutePattern};
+use crate::{
+    metered::{Metered, Terms},
+    pricing::{Pricing, RequestTerms, request_terms, usage_of},
+    route::{self, Decision, RoutePattern},
+};
 
 /// A price set by an in-process handler (a response extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +65,8 @@ pub struct PaidRoute {
     pub description: Option<String>,
     /// Shown to clients in `resource.mimeType`.
     pub mime_type: Option<String>,
+    /// How a request is priced (within the offer's `amount`).
+    pub pricing: Pricing,
 }
 
 impl PaidRoute {
@@ -78,6 +91,9 @@ pub struct PaidOptions {
     /// Unread request bodies up to this size are read and dropped before a `4xx` answer, so the
     /// connection stays usable (default 64 KiB); a larger one closes the connection.
     pub drain_bytes: usize,
+    /// Largest JSON answer read to price a per-token route (default 64 MiB); a larger one is
+    /// not charged and answered `502`. Streamed answers are not held and have no limit.
+    pub max_response_bytes: usize,
 }
 
 impl Default for PaidOptions {
@@ -87,6 +103,7 @@ impl Default for PaidOptions {
             max_header_bytes: codec::DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: 1024 * 1024,
             drain_bytes: 64 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -341,8 +358,62 @@ where
     // The payment is ours to check; the upstream never sees it.
     parts.headers.remove(codec::PAYMENT_SIGNATURE);
     parts.headers.remove(codec::X_PAYMENT);
+    let (body, terms) = match &route.pricing {
+        Pricing::Fixed => (body, RequestTerms::default()),
+        Pricing::PerToken(_) => match read_request(&mut parts.headers, body).await {
+            Ok(b) => b,
+            Err(r) => {
+                st.engine.abort(ticket);
+                return r;
+            }
+        },
+    };
     let resp = next.run(Request::from_parts(parts, body)).await;
-    settle_response(&st, &route.offer, resource, ticket, resp).await
+    settle_response(&st, route, resource, ticket, terms, resp).await
+}
+
+/// A per-token route's request body, read whole (it is already under the body cap): its terms,
+/// and the body to send on — asking a streamed chat or completions request's upstream for
+/// usage in the stream.
+#[allow(clippy::result_large_err)]
+async fn read_request(
+    headers: &mut HeaderMap,
+    body: Body,
+) -> Result<(Body, RequestTerms), Response> {
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        let mut r = plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is over the limit or could not be read",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(r);
+    };
+    let (terms, rewritten) = request_terms(&bytes);
+    let body = match rewritten {
+        Some(b) => {
+            headers.remove(header::CONTENT_LENGTH);
+            Body::from(b)
+        }
+        None => Body::from(bytes),
+    };
+    Ok((body, terms))
+}
+
+/// `502` for an upstream answer that cannot be priced (nothing is charged for it).
+fn bad_upstream(message: &str) -> Response {
+    plain_error(StatusCode::BAD_GATEWAY, "bad_upstream_answer", message)
+}
+
+fn is_event_stream(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
 }
 
 /// The request body under the size cap: `413` when its declared length is above it, else the
@@ -426,9 +497,10 @@ where
 /// After the upstream: commit its price (or abort on failure) and attach `PAYMENT-RESPONSE`.
 async fn settle_response<S, C, F, K>(
     st: &PaidState<S, C, F, K>,
-    offer: &BatchRequirements,
+    route: &PaidRoute,
     resource: ResourceInfo,
     ticket: Box<paychan_engine::Ticket>,
+    terms: RequestTerms,
     mut resp: Response,
 ) -> Response
 where
@@ -449,13 +521,45 @@ where
             .and_then(|v| v.trim().parse().ok())
     });
     resp.headers_mut().remove(CHARGE_HEADER);
-    let price = match asked {
-        Some(p) if p > max => {
+    let offer = &route.offer;
+    let price = match (asked, &route.pricing) {
+        (Some(p), _) if p > max => {
             tracing::warn!(target: "paychan_server", asked = %p, max = %max, "price above the route maximum; charging the maximum");
             max
         }
-        Some(p) => p,
-        None => max,
+        (Some(p), _) => p,
+        (None, Pricing::Fixed) => max,
+        (None, Pricing::PerToken(prices)) => {
+            if is_event_stream(resp.headers()) {
+                let (mut parts, body) = resp.into_parts();
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    header::TRAILER,
+                    HeaderValue::from_static("payment-response"),
+                );
+                expose(&mut parts.headers);
+                let terms = Terms {
+                    prices: prices.clone(),
+                    request: terms,
+                    max,
+                };
+                let body = Metered::new(body, st.engine.clone(), ticket, terms);
+                return Response::from_parts(parts, Body::new(body));
+            }
+            let (parts, body) = resp.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, st.options.max_response_bytes).await else {
+                st.engine.abort(ticket);
+                tracing::warn!(target: "paychan_server", "the upstream's answer was cut off or over max_response_bytes; not charged");
+                return bad_upstream("the upstream's answer was cut off or too large");
+            };
+            let Ok(usage) = usage_of(&bytes) else {
+                st.engine.abort(ticket);
+                tracing::warn!(target: "paychan_server", "the upstream's answer is not JSON; not charged");
+                return bad_upstream("the upstream's answer is not JSON");
+            };
+            resp = Response::from_parts(parts, Body::from(bytes));
+            prices.charge(usage, &terms, max)
+        }
     };
     match st.engine.commit(ticket, price).await {
         Ok(settlement) => {

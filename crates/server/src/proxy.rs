@@ -20,6 +20,8 @@ pub struct Proxy {
     /// The base URL without a trailing `/`; request paths (starting with `/`) are appended.
     base: String,
     origin: (String, Option<String>, Option<u16>),
+    /// `Authorization` sent to the upstream in place of the client's (sensitive: never logged).
+    auth: Option<axum::http::HeaderValue>,
 }
 
 /// Errors configuring the proxy.
@@ -99,7 +101,17 @@ impl Proxy {
             client,
             origin: origin(&url),
             base,
+            auth: None,
         })
+    }
+
+    /// Sends `token` to the upstream as `Authorization: Bearer …` on every request, in place of
+    /// whatever `Authorization` the client sent (the provider's key for a hosted API such as
+    /// OpenAI's; without it, the client's own `Authorization` goes through).
+    #[must_use]
+    pub fn with_bearer(mut self, token: &paychan_service::BearerToken) -> Self {
+        self.auth = Some(token.header_value());
+        self
     }
 
     /// The upstream URL for a request target, or `None` if the target is refused or the result
@@ -153,6 +165,9 @@ pub async fn proxy_handler(State(p): State<Proxy>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut headers = HeaderMap::new();
     copy_headers(&parts.headers, &mut headers);
+    if let Some(auth) = &p.auth {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
     let sent = p
         .client
         .request(parts.method, url)

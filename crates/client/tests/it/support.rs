@@ -175,6 +175,7 @@ fn route(path: &str, offer: BatchRequirements) -> PaidRoute {
         offer,
         description: Some("test inference".into()),
         mime_type: None,
+        pricing: Default::default(),
     }
 }
 

@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 mod http_flow;
+mod per_token;
 mod support;

@@ -33,6 +33,14 @@ pub struct Server {
 
 impl Server {
     pub async fn start(upstream: impl FnOnce() -> Upstream) -> Self {
+        Self::start_priced(upstream, paychan_server::Pricing::Fixed).await
+    }
+
+    /// A server whose `/v1/*` route is priced by `pricing`.
+    pub async fn start_priced(
+        upstream: impl FnOnce() -> Upstream,
+        pricing: paychan_server::Pricing,
+    ) -> Self {
         let chain = Arc::new(DevChain::start().await.unwrap());
         let domain = BatchDomain::new(chain.chain_id(), ESCROW);
         let offer = chain.offer(PRICE);
@@ -48,6 +56,7 @@ impl Server {
             offer: offer.clone(),
             description: Some("demo inference".into()),
             mime_type: Some("application/json".into()),
+            pricing,
         }];
         let router = app(PaidState::new(engine.clone(), routes), upstream());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
