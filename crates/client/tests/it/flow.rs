@@ -39,16 +39,27 @@ pub fn sum(receipts: &[Receipt]) -> u128 {
     receipts.iter().map(|r| r.charged).sum()
 }
 
-/// No voucher ceiling backs two acknowledged charges.
-pub fn assert_unique_ceilings(receipts: &[Receipt]) {
-    let mut seen = HashSet::new();
+/// Every acknowledged charge is a link of one chain per channel: sorted by the cumulative
+/// charge they report, each receipt's cumulative is the one before plus its own charge (no
+/// charge acknowledged twice, none missing between two), and its voucher's ceiling covers it.
+/// (Ceilings alone may repeat: a voucher for a cheaper route can reach the same cumulative
+/// ceiling as an earlier one for a dearer route.)
+pub fn assert_charges_chain(receipts: &[Receipt]) {
+    let mut by_channel: std::collections::HashMap<_, Vec<&Receipt>> = Default::default();
     for r in receipts {
-        assert!(
-            seen.insert((r.channel_id, r.ceiling)),
-            "ceiling {} of {} acknowledged twice",
-            r.ceiling,
-            r.channel_id
-        );
+        assert!(r.ceiling >= r.channel_charged, "{r:?}");
+        by_channel.entry(r.channel_id).or_default().push(r);
+    }
+    for (id, mut rs) in by_channel {
+        rs.sort_by_key(|r| r.channel_charged);
+        for w in rs.windows(2) {
+            assert_eq!(
+                w[1].channel_charged - w[1].charged,
+                w[0].channel_charged,
+                "channel {id}: {:#?}",
+                w
+            );
+        }
     }
 }
 
@@ -84,7 +95,7 @@ async fn a_thousand_concurrent_calls_over_a_pool_match_the_servers_totals_to_the
     assert!(fixeds.iter().all(|r| r.charged == FIXED));
 
     let all: Vec<Receipt> = chats.into_iter().chain(fixeds).collect();
-    assert_unique_ceilings(&all);
+    assert_charges_chain(&all);
     let total = sum(&all);
     assert_eq!(server.charged_total().await, total);
     assert_eq!(p.total_charged(), total);
@@ -211,7 +222,7 @@ async fn a_restarted_client_reuses_its_channels_with_no_new_deposit() {
     assert_eq!(server.front.requests() - requests, 21);
     assert_eq!(server.tokens(key.address()).await, tokens);
     receipts.extend(second);
-    assert_unique_ceilings(&receipts);
+    assert_charges_chain(&receipts);
     assert_eq!(server.charged_total().await, sum(&receipts));
     assert_eq!(p.total_charged(), sum(&receipts));
     server.stop().await;
@@ -276,7 +287,7 @@ async fn the_middleware_pays_transparently_and_follows_a_changed_offer() {
         .unwrap();
     assert!(free.status().is_success() && free.extensions().get::<Receipt>().is_none());
 
-    assert_unique_ceilings(&receipts);
+    assert_charges_chain(&receipts);
     assert_eq!(server.charged_total().await, sum(&receipts));
     server.stop().await;
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::{
-    flow::{assert_unique_ceilings, sum},
+    flow::{assert_charges_chain, sum},
     support::{PayerOpts, Server, chat, funded, pay, payer},
 };
 
@@ -107,7 +107,7 @@ async fn deleted_client_state_is_recovered_from_chain_and_the_servers_signed_sta
 
     // No money lost or paid twice: the server's total is the sum of acknowledged receipts,
     // no ceiling backs two charges, and only A's deposits moved tokens.
-    assert_unique_ceilings(&receipts);
+    assert_charges_chain(&receipts);
     assert_eq!(server.charged_total().await, sum(&receipts));
     let deposited: u128 = receipts.iter().filter_map(|r| r.deposited).sum();
     assert_eq!(

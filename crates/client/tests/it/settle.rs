@@ -10,8 +10,8 @@ use paychan_devchain::Role;
 use paychan_settle::{SettlePolicy, Settler, SettlerConfig};
 
 use crate::{
-    flow::{assert_unique_ceilings, concurrent, sum},
-    support::{FIXED, PRICE, PayerOpts, Server, chat, fixed, funded, payer},
+    flow::{assert_charges_chain, concurrent, sum},
+    support::{FIXED, PRICE, PayerOpts, Server, chat, fixed, funded, payer, usage},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,17 +25,27 @@ async fn a_server_restart_mid_run_then_claim_settle_and_refund_move_exactly_the_
     let payer_before = server.tokens(key.address()).await;
     let receiver_before = server.tokens(receiver).await;
 
-    // Before the restart: charges set per call by the upstream (`x-paychan-charge`, per token)
-    // and fixed ones (the route's maximum), concurrently over a pool of channels.
-    let (chat_url, fixed_url) = (server.chat_url(), server.fixed_url());
-    let (u1, u2) = (chat_url.clone(), fixed_url.clone());
-    let (chats, fixeds) = tokio::join!(
+    // Before the restart: charges set per call by the upstream (`x-paychan-charge`, per token),
+    // fixed ones (the route's maximum), and per-token ones the gateway computes from the
+    // answer's `usage`, concurrently over a pool of channels.
+    let (chat_url, fixed_url, usage_url) =
+        (server.chat_url(), server.fixed_url(), server.usage_url());
+    let (u1, u2, u3) = (chat_url.clone(), fixed_url.clone(), usage_url.clone());
+    let (chats, fixeds, usages) = tokio::join!(
         concurrent(&p, 6, 100, move |n| chat(&u1, n)),
         concurrent(&p, 2, 50, move |_| fixed(&u2)),
+        concurrent(&p, 2, 50, move |n| usage(&u3, n).0),
     );
     assert!(chats.iter().all(|r| r.charged > 0 && r.charged < PRICE));
     assert!(fixeds.iter().all(|r| r.charged == FIXED));
-    let mut receipts: Vec<_> = chats.into_iter().chain(fixeds).collect();
+    // each per-token receipt is the gateway's price for its usage, to the unit
+    let mut wanted: Vec<u128> = (0..100).map(|n| usage(&usage_url, n).1).collect();
+    let mut got: Vec<u128> = usages.iter().map(|r| r.charged).collect();
+    wanted.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, wanted);
+    assert!(wanted.contains(&PRICE) && wanted.iter().any(|&w| w < PRICE));
+    let mut receipts: Vec<_> = chats.into_iter().chain(fixeds).chain(usages).collect();
     assert_eq!(server.charged_total().await, sum(&receipts));
 
     // The server goes down and comes back from its store.
@@ -54,7 +64,7 @@ async fn a_server_restart_mid_run_then_claim_settle_and_refund_move_exactly_the_
     assert_eq!(server.front.requests() - requests, after.len() as u64);
     assert_eq!(server.engine.metrics().corrective.load(Ordering::SeqCst), 0);
     receipts.extend(after);
-    assert_unique_ceilings(&receipts);
+    assert_charges_chain(&receipts);
     let total = sum(&receipts);
     assert_eq!(server.charged_total().await, total);
     assert_eq!(p.total_charged(), total);

@@ -42,6 +42,13 @@ pub const PER_TOKEN: u128 = 7;
 pub const PRICEY: u128 = 50_000;
 /// The price of `/fixed/*`: always charged in full.
 pub const FIXED: u128 = 3_000;
+/// The per-token prices of `/usage/*`, priced by the gateway from the answer's `usage`.
+pub const USAGE_PRICES: paychan_server::TokenPrices = paychan_server::TokenPrices {
+    input: 3,
+    output: 5,
+    fixed: 11,
+    fallback: paychan_server::Fallback::Max,
+};
 
 /// What the front layer saw and what it does.
 #[derive(Default)]
@@ -143,6 +150,18 @@ fn upstream() -> Router {
     });
     Router::new()
         .route("/fixed/echo", post(|| async { "fixed" }))
+        // An OpenAI-style answer with `usage` and no price header: `n` input tokens, `2n` output.
+        .route(
+            "/usage/chat",
+            post(|axum::Json(v): axum::Json<serde_json::Value>| async move {
+                let n = v["n"].as_u64().unwrap_or(0);
+                axum::Json(serde_json::json!({
+                    "object": "chat.completion",
+                    "choices": [],
+                    "usage": {"prompt_tokens": n, "completion_tokens": 2 * n},
+                }))
+            }),
+        )
         .fallback(move |mut req: Request| {
             let demo = demo.clone();
             async move {
@@ -225,6 +244,10 @@ fn spawn_server(
         route("/v1/*", chain.offer(PRICE)),
         route("/v2/*", chain.offer(PRICEY)),
         route("/fixed/*", chain.offer(FIXED)),
+        PaidRoute {
+            pricing: paychan_server::Pricing::PerToken(USAGE_PRICES),
+            ..route("/usage/*", chain.offer(PRICE))
+        },
     ];
     let router = app(
         PaidState::new(engine.clone(), routes),
@@ -345,6 +368,10 @@ impl Server {
         format!("{}/fixed/echo", self.base)
     }
 
+    pub fn usage_url(&self) -> String {
+        format!("{}/usage/chat", self.base)
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -432,6 +459,23 @@ pub fn chat(url: &str, n: usize) -> reqwest::Request {
         .body(serde_json::to_vec(&body).unwrap())
         .build()
         .unwrap()
+}
+
+/// A request to the per-token route, and what the gateway must charge for it.
+pub fn usage(url: &str, n: usize) -> (reqwest::Request, u128) {
+    let n = ((n * 37) % 1000) as u64;
+    let body = serde_json::json!({"n": n});
+    let want = (USAGE_PRICES.fixed
+        + USAGE_PRICES.input * u128::from(n)
+        + USAGE_PRICES.output * u128::from(2 * n))
+    .min(PRICE);
+    let req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .build()
+        .unwrap();
+    (req, want)
 }
 
 /// A fixed-price request.
