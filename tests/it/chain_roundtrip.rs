@@ -6,7 +6,8 @@ use paychan_bindings::{BatchSettlement, convert::erc3009_collector_data};
 use paychan_core::{
     batch::{
         BatchDomain, ChannelConfig, ClaimEntry, ClaimRow, ClaimVoucher,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        eip712::Eip712Domain,
+        payer::{Erc3009Terms, sign_erc3009_authorization},
     },
     sig::LocalSigner,
 };
@@ -46,17 +47,23 @@ async fn deposit_claim_settle_moves_exactly_the_charges() {
     let deposit = 1_000_000u128;
     let salt = U256::from(7);
     let valid_before = U256::from(chain.block_timestamp().await.unwrap() + 3600);
-    let auth = ReceiveWithAuthorization {
+    let token_domain = Eip712Domain::new("USD Coin", "2", chain.chain_id(), token);
+    let terms = Erc3009Terms {
         from: payer.address,
-        to: ERC3009_COLLECTOR,
-        value: U256::from(deposit),
+        collector: ERC3009_COLLECTOR,
+        channel_id,
+        amount: deposit,
         valid_after: U256::ZERO,
         valid_before,
-        nonce: deposit_nonce(channel_id, salt),
+        salt,
     };
-    let token_domain = Eip712Domain::new("USD Coin", "2", chain.chain_id(), token);
-    let auth_sig = payer_key.sign_digest(&auth.digest(&token_domain)).unwrap();
-    let data = erc3009_collector_data(U256::ZERO, valid_before, salt, &auth_sig.to_bytes());
+    let auth = sign_erc3009_authorization(&token_domain, &terms, &payer_key).unwrap();
+    let data = erc3009_collector_data(
+        auth.valid_after,
+        auth.valid_before,
+        auth.salt,
+        &auth.signature,
+    );
     escrow
         .deposit((&config).into(), deposit, ERC3009_COLLECTOR, data)
         .send()

@@ -3,7 +3,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`config`] | [`ChainConfig`]: addresses, confirmations, fee caps, bumping, timeouts, retries |
-//! | [`reader`] | [`ChainReader`]: channel state through Multicall3, receiver totals, balances, head |
+//! | [`reader`] | [`ChainReader`]: channel state through Multicall3, receiver totals, balances, head; the core's `OnchainSource` |
 //! | [`relayer`] | [`Relayer`]: journaled claims, settles, refunds and deposits; restart recovery |
 //! | [`payer`] | [`PayerClient`]: the payer's timed withdrawal |
 //! | [`watcher`] | [`ChainWatcher`]: escrow events from a stored cursor, reorg-tolerant |

@@ -12,7 +12,10 @@ use alloy::{
     sol_types::SolCall,
 };
 use paychan_bindings::{BatchSettlement, DevStablecoin, Multicall3};
-use paychan_core::batch::{BatchDomain, payee::OnchainState};
+use paychan_core::{
+    batch::{BatchDomain, payee::OnchainState},
+    ports::{OnchainSource, SourceError},
+};
 
 /// The batched read, for errors.
 const AGGREGATE3: &str = "eth_call Multicall3.aggregate3";
@@ -399,6 +402,15 @@ impl ChainReader {
             Err(Error::Reverted { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The reader as the core's [`OnchainSource`] port: what the engine reads a channel through.
+impl OnchainSource for ChainReader {
+    async fn channel_state(&self, id: B256) -> std::result::Result<OnchainState, SourceError> {
+        ChainReader::channel_state(self, id)
+            .await
+            .map_err(|e| SourceError::new("channel state", e))
     }
 }
 

@@ -9,21 +9,20 @@
 //! revert, or turns out to be done already by another transaction (`superseded: …`).
 //! [`Relayer::recover`] finishes every open entry after a restart.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashSet, sync::Arc};
 
 use alloy::{
     primitives::{Address, B256, Bytes, U256},
     sol_types::{SolCall, SolValue},
 };
 use paychan_bindings::BatchSettlement;
-use paychan_core::batch::{
-    ChannelConfig, ClaimPayload, ClaimRow, DepositPayload, RefundPayload, eip712::deposit_nonce,
+use paychan_core::{
+    batch::{
+        ChannelConfig, ClaimPayload, ClaimRow, DepositPayload, RefundPayload, eip712::deposit_nonce,
+    },
+    ports::Clock,
 };
-use paychan_store::{JournalEntry, JournalKind, JournalState, Store, WriteBatch};
+use paychan_store::{JournalEntry, JournalKind, JournalState, Store, SystemClock, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -190,17 +189,11 @@ fn decode_action(key: &str, bytes: &[u8]) -> Result<StoredAction> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Journals a signed transaction (all entries of the action + the stored action) before it is
 /// broadcast.
 struct JournalHook<S> {
     store: S,
+    clock: Arc<dyn Clock>,
     entries: Vec<JournalEntry>,
     record: ActionRecord,
 }
@@ -209,7 +202,7 @@ impl<S: Store> SentHook for JournalHook<S> {
     async fn on_signed(&self, f: &InFlight) -> Result<()> {
         let latest = f.latest();
         let all_hashes = f.all_hashes();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let journal = self
             .entries
             .iter()
@@ -279,6 +272,8 @@ impl<S: Store> std::fmt::Debug for Relayer<S> {
 struct Inner<S> {
     sender: TxSender,
     store: S,
+    /// Wall-clock time for the journal's `updated_at`.
+    clock: Arc<dyn Clock>,
     /// Next journal id to hand out (guards id allocation + the `Prepared` write).
     next_id: tokio::sync::Mutex<u64>,
     /// Journal ids being driven by a task of this relayer (recovery leaves them alone).
@@ -313,14 +308,26 @@ impl Drop for ActiveGuard<'_> {
 }
 
 impl<S: Store> Relayer<S> {
-    /// A relayer sending from `key`, journaling in `store`.
+    /// A relayer sending from `key`, journaling in `store`, on the system clock.
     pub fn new(reader: ChainReader, store: S, key: impl Into<TxKey>) -> Self {
+        Self::with_clock(reader, store, key, SystemClock)
+    }
+
+    /// [`new`](Self::new) with an explicit clock (journal timestamps; a facilitator built on
+    /// this relayer reads the same clock).
+    pub fn with_clock(
+        reader: ChainReader,
+        store: S,
+        key: impl Into<TxKey>,
+        clock: impl Clock,
+    ) -> Self {
         let sender = TxSender::new(reader, key.into());
         tracing::info!(target: TARGET, address = %sender.address(), "relayer ready");
         Self {
             inner: Arc::new(Inner {
                 sender,
                 store,
+                clock: Arc::new(clock),
                 next_id: tokio::sync::Mutex::new(0),
                 active: std::sync::Mutex::new(HashSet::new()),
             }),
@@ -340,6 +347,15 @@ impl<S: Store> Relayer<S> {
     /// The store it journals in.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// Its clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
     }
 
     fn escrow(&self) -> Address {
@@ -681,7 +697,7 @@ impl<S: Store> Relayer<S> {
                 journal_id: first,
                 reason: "journal id already in use".into(),
             })?;
-        let now = now_ms();
+        let now = self.now_ms();
         let entries: Vec<JournalEntry> = kinds
             .into_iter()
             .zip(&ids)
@@ -748,6 +764,7 @@ impl<S: Store> Relayer<S> {
         };
         let hook = JournalHook {
             store: self.inner.store.clone(),
+            clock: self.inner.clock.clone(),
             entries: entries.clone(),
             record: record.clone(),
         };
@@ -864,7 +881,7 @@ impl<S: Store> Relayer<S> {
         entries: &[JournalEntry],
         o: &TxOutcome,
     ) -> Result<Vec<JournalEntry>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let done: Vec<JournalEntry> = entries
             .iter()
             .map(|e| JournalEntry {
@@ -894,7 +911,7 @@ impl<S: Store> Relayer<S> {
         entries: &[JournalEntry],
         reason: String,
     ) -> Result<Vec<JournalEntry>> {
-        let now = now_ms();
+        let now = self.now_ms();
         tracing::warn!(target: TARGET, ids = ?entries.iter().map(|e| e.id).collect::<Vec<_>>(), %reason, "failed");
         let done: Vec<JournalEntry> = entries
             .iter()
@@ -1161,7 +1178,7 @@ impl<S: Store> Relayer<S> {
         };
         let done = JournalEntry {
             state,
-            updated_at: now_ms(),
+            updated_at: self.now_ms(),
             ..e.clone()
         };
         self.inner

@@ -28,7 +28,8 @@ use std::{
 use alloy_primitives::{Address, B256};
 use futures_util::Stream;
 use paychan_chain::{ChainReader, ChainWatcher, EventKind, WatchItem, WatcherConfig};
-use paychan_engine::{Clock, Engine, EngineEvent, OnchainSource, PaymentFacilitator};
+use paychan_core::ports::{Clock, OnchainSource, PaymentFacilitator};
+use paychan_engine::{Engine, EngineEvent};
 use paychan_store::{MemStore, Store};
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;

@@ -12,6 +12,7 @@
 //! | [`redact`] | URLs (which may embed API keys) cut out of error text before it is logged |
 //! | [`sig`] | secp256k1 signatures: parse, recover, verify against a cached key, sign |
 //! | [`batch`] | the `batch-settlement` EVM scheme: types, EIP-712, payee and payer state machines |
+//! | [`ports`] | what its users need from outside, as traits: on-chain state, a facilitator, a clock |
 
 pub mod amount;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod error_code;
 pub mod hexser;
 pub mod network;
+pub mod ports;
 pub mod redact;
 pub mod rejection;
 pub mod sig;

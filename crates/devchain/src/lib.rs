@@ -32,8 +32,9 @@ use paychan_core::{
     Network,
     batch::{
         BatchDomain, BatchExtra, BatchRequirements, ChannelConfig,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        eip712::Eip712Domain,
         payee::OnchainState,
+        payer::{Erc3009Terms, PayerChannel, channel_config_for, sign_erc3009_authorization},
     },
     sig::LocalSigner,
 };
@@ -305,24 +306,14 @@ impl DevChain {
             )
             .0,
         );
-        let auth = ReceiveWithAuthorization {
-            from: payer.address(),
-            to: ERC3009_COLLECTOR,
-            value: U256::from(amount),
-            valid_after: U256::ZERO,
+        let data = self.collector_data(
+            payer,
+            payer.address(),
+            channel_id,
+            amount,
+            salt,
             valid_before,
-            nonce: deposit_nonce(channel_id, salt),
-        };
-        let token_domain = Eip712Domain::new(
-            &self.config.token_name,
-            &self.config.token_version,
-            self.chain_id(),
-            self.contracts.token,
-        );
-        let sig = payer
-            .sign_digest(&auth.digest(&token_domain))
-            .map_err(|e| Error::Deploy(format!("sign: {e}")))?;
-        let data = erc3009_collector_data(U256::ZERO, valid_before, salt, &sig.to_bytes());
+        )?;
         let escrow = BatchSettlement::new(ESCROW, self.provider_as(Role::Relayer)?);
         let receipt = escrow
             .deposit(config.into(), amount, ERC3009_COLLECTOR, data)
@@ -337,6 +328,87 @@ impl DevChain {
             )));
         }
         Ok(receipt.transaction_hash)
+    }
+
+    /// The ERC-3009 `collectorData` of a deposit of `amount` into the channel `channel_id`,
+    /// authorized for `from` by `signer` under the dev token's domain.
+    fn collector_data(
+        &self,
+        signer: &LocalSigner,
+        from: Address,
+        channel_id: B256,
+        amount: u128,
+        salt: U256,
+        valid_before: U256,
+    ) -> Result<Bytes> {
+        let token_domain = Eip712Domain::new(
+            &self.config.token_name,
+            &self.config.token_version,
+            self.chain_id(),
+            self.contracts.token,
+        );
+        let terms = Erc3009Terms {
+            from,
+            collector: ERC3009_COLLECTOR,
+            channel_id,
+            amount,
+            valid_after: U256::ZERO,
+            valid_before,
+            salt,
+        };
+        let a = sign_erc3009_authorization(&token_domain, &terms, signer)
+            .map_err(|e| Error::Deploy(format!("sign: {e}")))?;
+        Ok(erc3009_collector_data(
+            a.valid_after,
+            a.valid_before,
+            a.salt,
+            &a.signature,
+        ))
+    }
+
+    /// The payer's ERC-3009 `collectorData` for depositing `amount` into `config` through the
+    /// collector, under the authorization salt `salt`, valid for `valid_for_secs` from the
+    /// chain's current time: what a relayer passes to the escrow's `deposit`.
+    pub async fn deposit_data(
+        &self,
+        payer: &LocalSigner,
+        config: &ChannelConfig,
+        amount: u128,
+        salt: U256,
+        valid_for_secs: u64,
+    ) -> Result<Bytes> {
+        let channel_id = BatchDomain::new(self.chain_id(), ESCROW).channel_id(config);
+        let valid_before = U256::from(self.block_timestamp().await? + valid_for_secs);
+        self.collector_data(payer, config.payer, channel_id, amount, salt, valid_before)
+    }
+
+    /// A payer (the key [`funded_payer`](Self::funded_payer) derives from `seed`, minted
+    /// `tokens`) and its channel for `offer` with salt [`salt`]`(seed)`, not deposited into.
+    pub async fn unfunded_channel(
+        &self,
+        offer: &BatchRequirements,
+        seed: u64,
+        tokens: u128,
+    ) -> Result<(LocalSigner, PayerChannel)> {
+        let payer = self.funded_payer(seed, tokens).await?;
+        let config = channel_config_for(offer, payer.address(), payer.address(), salt(seed));
+        let domain = BatchDomain::new(self.chain_id(), ESCROW);
+        Ok((payer, PayerChannel::from_chain(&domain, config, 0, 0)))
+    }
+
+    /// [`unfunded_channel`](Self::unfunded_channel) with `deposit` minted and deposited on chain
+    /// (relayed, see [`deposit`](Self::deposit)).
+    pub async fn funded_channel(
+        &self,
+        offer: &BatchRequirements,
+        seed: u64,
+        deposit: u128,
+    ) -> Result<(LocalSigner, PayerChannel)> {
+        let payer = self.funded_payer(seed, deposit).await?;
+        let config = channel_config_for(offer, payer.address(), payer.address(), salt(seed));
+        self.deposit(&payer, &config, deposit).await?;
+        let domain = BatchDomain::new(self.chain_id(), ESCROW);
+        Ok((payer, PayerChannel::from_chain(&domain, config, deposit, 0)))
     }
 
     /// The batch-settlement offer of a server on this chain paid in the dev token: `payTo` the

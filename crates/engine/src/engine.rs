@@ -36,11 +36,12 @@ use paychan_core::{
             Reservation,
         },
     },
+    ports::{Clock, OnchainSource, PaymentFacilitator, SourceError},
     redact::redact_urls,
     sig::{Backend, LocalSigner, Signature, SignerKey},
-    x402::{PaymentPayload, PaymentRequirements, SettlementResponse, X402_VERSION},
+    x402::{PaymentPayload, PaymentRequirements, SettlementResponse, VerifyResponse, X402_VERSION},
 };
-use paychan_store::{Store, WriteBatch};
+use paychan_store::{Store, SystemClock, WriteBatch};
 use tokio::sync::{OwnedMutexGuard, broadcast};
 
 use crate::{
@@ -48,7 +49,6 @@ use crate::{
     limits::{NegativeCache, RateLimit, RateLimiter, ReadGate},
     metrics::Metrics,
     slots::{Slot, Slots},
-    traits::{Clock, OnchainSource, PaymentFacilitator, SystemClock},
 };
 
 /// The `tracing` target of the engine's log lines.
@@ -298,27 +298,91 @@ impl<S, C, F, K> std::fmt::Debug for Engine<S, C, F, K> {
     }
 }
 
-fn snapshot_from(
-    extra: Option<&paychan_core::x402::JsonObject>,
-    nested: bool,
-) -> Option<ChannelSnapshot> {
-    let m = extra?;
-    let v = if nested {
-        m.get("channelState")?.clone()
-    } else {
-        serde_json::Value::Object(m.clone())
-    };
-    serde_json::from_value(v).ok()
+/// The channel snapshot of a facilitator's `verify` answer: its `extra` is the snapshot.
+fn verify_snapshot(resp: &VerifyResponse) -> Option<ChannelSnapshot> {
+    let extra = resp.extra.as_ref()?;
+    serde_json::from_value(serde_json::Value::Object(extra.clone())).ok()
 }
 
-/// The declined answer to a facilitator's refusal: its code and the code's description (a
-/// remote facilitator's message may quote its own RPC errors); the message goes to the log.
-fn facilitator_refusal(code: ErrorCode, message: Option<String>, channel: B256) -> Decline {
-    if let Some(m) = message {
-        tracing::info!(target: TARGET, channel = %channel, code = %code, message = %redact_urls(&m), "facilitator refused");
+/// The channel snapshot of a facilitator's `settle` answer: `extra.channelState`.
+fn settle_snapshot(resp: &SettlementResponse) -> Option<ChannelSnapshot> {
+    let state = resp.extra.as_ref()?.get("channelState")?;
+    serde_json::from_value(state.clone()).ok()
+}
+
+/// How the failures of one facilitator call read in a 402.
+struct FacilitatorCall {
+    /// The code when the call itself fails (the facilitator unreachable, say).
+    failed: ErrorCode,
+    /// The client's message then (the detail goes to the log).
+    generic: &'static str,
+    /// The code of a refusal that names none.
+    refused: ErrorCode,
+}
+
+const VERIFY_DEPOSIT: FacilitatorCall = FacilitatorCall {
+    failed: ErrorCode::DepositSimulationFailed,
+    generic: "the deposit could not be verified",
+    refused: ErrorCode::DepositPayload,
+};
+
+const SETTLE_DEPOSIT: FacilitatorCall = FacilitatorCall {
+    failed: ErrorCode::DepositTransactionFailed,
+    generic: "the deposit could not be executed",
+    refused: ErrorCode::DepositTransactionFailed,
+};
+
+const SETTLE_REFUND: FacilitatorCall = FacilitatorCall {
+    failed: ErrorCode::RefundTransactionFailed,
+    generic: "the refund could not be executed",
+    refused: ErrorCode::RefundTransactionFailed,
+};
+
+/// A facilitator's answer: accepted, or refused with its code and message.
+trait Verdict: Sized {
+    /// `Err((code, message))` when the facilitator refused.
+    fn accepted(self) -> Result<Self, (Option<ErrorCode>, Option<String>)>;
+}
+
+impl Verdict for VerifyResponse {
+    fn accepted(self) -> Result<Self, (Option<ErrorCode>, Option<String>)> {
+        if self.is_valid {
+            Ok(self)
+        } else {
+            Err((self.invalid_reason, self.invalid_message))
+        }
     }
-    let description = code.description().to_owned();
-    Decline::code(code, description)
+}
+
+impl Verdict for SettlementResponse {
+    fn accepted(self) -> Result<Self, (Option<ErrorCode>, Option<String>)> {
+        if self.success {
+            Ok(self)
+        } else {
+            Err((self.error_reason, self.error_message))
+        }
+    }
+}
+
+/// A facilitator call's answer, or the [`Decline`] for it. A failed call is an outside failure
+/// (`call.failed`, generic message). A refusal carries the facilitator's code (`call.refused`
+/// if it named none) and the code's description, not its message (a remote facilitator's
+/// message may quote its own RPC errors): the message goes to the log.
+fn facilitator_answer<T: Verdict>(
+    answer: Result<T, SourceError>,
+    call: &FacilitatorCall,
+    channel: B256,
+) -> Result<T, Decline> {
+    let answer =
+        answer.map_err(|e| Decline::outside(call.failed.clone(), call.generic, channel, &e))?;
+    answer.accepted().map_err(|(code, message)| {
+        let code = code.unwrap_or_else(|| call.refused.clone());
+        if let Some(m) = message {
+            tracing::info!(target: TARGET, channel = %channel, code = %code, message = %redact_urls(&m), "facilitator refused");
+        }
+        let description = code.description().to_owned();
+        Decline::code(code, description)
+    })
 }
 
 impl<S: Store, C: OnchainSource, F: PaymentFacilitator> Engine<S, C, F, SystemClock> {
@@ -475,6 +539,18 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
             self.inner.negative.insert(id, self.now());
         }
         Ok(state)
+    }
+
+    /// The channel's on-chain state from a facilitator's snapshot, or else read from chain.
+    async fn snapshot_or_read(
+        &self,
+        snapshot: Option<ChannelSnapshot>,
+        id: B256,
+    ) -> Result<OnchainState, Decline> {
+        match snapshot {
+            Some(s) => Ok(OnchainState::from(&s)),
+            None => self.read_chain(id, true).await,
+        }
     }
 
     /// A record for `id`, refreshed from chain if it is missing or stale.
@@ -787,41 +863,22 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         }
         // Execute the deposit before serving: the handler never runs against money that is not
         // in the channel yet.
-        let settled = self
-            .inner
-            .facilitator
-            .settle(p, &generic)
-            .await
-            .map_err(|e| {
-                Decline::outside(
-                    ErrorCode::DepositTransactionFailed,
-                    "the deposit could not be executed",
-                    id,
-                    &e,
-                )
-            })?;
-        if !settled.success {
-            let code = settled
-                .error_reason
-                .unwrap_or(ErrorCode::DepositTransactionFailed);
-            if code == ErrorCode::SettlementPending
+        let answer = self.inner.facilitator.settle(p, &generic).await;
+        let settled = facilitator_answer(answer, &SETTLE_DEPOSIT, id).inspect_err(|d| {
+            if d.rejection.code == ErrorCode::SettlementPending
                 && let Ok(mut pending) = self.inner.pending_deposits.lock()
                 && pending.len() < MAX_PENDING_DEPOSITS
             {
                 pending.insert(pending_key);
             }
-            return Err(facilitator_refusal(code, settled.error_message, id));
-        }
+        })?;
         if let Ok(mut pending) = self.inner.pending_deposits.lock() {
             pending.remove(&pending_key);
         }
         self.inner.negative.remove(&id);
         Metrics::inc(&self.inner.metrics.deposits);
         let tx: B256 = settled.transaction.parse().unwrap_or_default();
-        let after = match snapshot_from(settled.extra.as_ref(), true) {
-            Some(s) => OnchainState::from(&s),
-            None => self.read_chain(id, true).await?,
-        };
+        let after = self.snapshot_or_read(settle_snapshot(&settled), id).await?;
         let now = self.now();
         let (record, res) = match checked {
             Some((mut record, res)) => {
@@ -858,28 +915,10 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         offer: &BatchRequirements,
         generic: &PaymentRequirements,
     ) -> Result<(ChannelRecord, Reservation), Decline> {
-        let verify = self
-            .inner
-            .facilitator
-            .verify(p, generic)
-            .await
-            .map_err(|e| {
-                Decline::outside(
-                    ErrorCode::DepositSimulationFailed,
-                    "the deposit could not be verified",
-                    id,
-                    &e,
-                )
-            })?;
-        if !verify.is_valid {
-            let code = verify.invalid_reason.unwrap_or(ErrorCode::DepositPayload);
-            return Err(facilitator_refusal(code, verify.invalid_message, id));
-        }
+        let answer = self.inner.facilitator.verify(p, generic).await;
+        let verify = facilitator_answer(answer, &VERIFY_DEPOSIT, id)?;
         let now = self.now();
-        let state = match snapshot_from(verify.extra.as_ref(), false) {
-            Some(s) => OnchainState::from(&s),
-            None => self.read_chain(id, true).await?,
-        };
+        let state = self.snapshot_or_read(verify_snapshot(&verify), id).await?;
         let record = with_state(guard, id, d.channel_config, state, now);
         let res = payee::check_paid(
             &record,
@@ -1025,29 +1064,9 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         if let Some(r) = guard.record.as_mut() {
             r.onchain_synced_at = 0;
         }
-        let settled = self
-            .inner
-            .facilitator
-            .settle(&enriched, &generic)
-            .await
-            .map_err(|e| {
-                Decline::outside(
-                    ErrorCode::RefundTransactionFailed,
-                    "the refund could not be executed",
-                    id,
-                    &e,
-                )
-            })?;
-        if !settled.success {
-            let code = settled
-                .error_reason
-                .unwrap_or(ErrorCode::RefundTransactionFailed);
-            return Err(facilitator_refusal(code, settled.error_message, id));
-        }
-        let after = match snapshot_from(settled.extra.as_ref(), true) {
-            Some(s) => OnchainState::from(&s),
-            None => self.read_chain(id, true).await?,
-        };
+        let answer = self.inner.facilitator.settle(&enriched, &generic).await;
+        let settled = facilitator_answer(answer, &SETTLE_REFUND, id)?;
+        let after = self.snapshot_or_read(settle_snapshot(&settled), id).await?;
         let refunded = settled
             .amount
             .as_deref()

@@ -11,7 +11,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`engine`] | the engine, its settings, tickets and declines; the crash-cost table per step |
-//! | [`traits`] | what it needs from outside: on-chain state, a facilitator, a clock |
+//! | [`traits`] | the ports it uses (re-exported from [`paychan_core::ports`]) and the null facilitator |
 //! | [`events`] | events for the settlement side |
 //! | [`limits`] | negative cache, per-channel rate limits, the chain-read cap |
 //! | [`metrics`] | counters |

@@ -1,5 +1,5 @@
-//! [`HttpFacilitator`]: a client of any x402 facilitator's HTTP API, usable as the engine's
-//! [`PaymentFacilitator`].
+//! [`HttpFacilitator`]: a client of any x402 facilitator's HTTP API, usable as the core's
+//! [`PaymentFacilitator`] port.
 //!
 //! Every request has a deadline (connect and whole-request timeouts) and a bounded answer size. A
 //! non-2xx answer that still carries a verdict (`isValid` / `success`, as facilitators send for
@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use paychan_core::ports::{PaymentFacilitator, SourceError};
 use paychan_core::{
     batch::BatchPayload,
     x402::{
@@ -15,7 +16,6 @@ use paychan_core::{
         SupportedResponse, VerifyResponse,
     },
 };
-use paychan_engine::{PaymentFacilitator, SourceError};
 use paychan_service::BearerToken;
 use serde::de::DeserializeOwned;
 

@@ -1,6 +1,6 @@
 //! [`Facilitator`]: the batch-settlement facilitator for one chain, its configuration,
-//! `/supported`, the checks every request goes through, and the engine's
-//! [`PaymentFacilitator`] trait.
+//! `/supported`, the checks every request goes through, and the core's
+//! [`PaymentFacilitator`] port.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,6 +9,7 @@ use paychan_chain::{ChainReader, Relayer};
 use paychan_core::{
     ErrorCode, Network, Rejection,
     batch::{BatchDomain, BatchPayload, ChannelSnapshot, SCHEME, payee::OnchainState},
+    ports::{PaymentFacilitator, SourceError},
     redact::redact_urls,
     sig::{Backend, LocalSigner},
     x402::{
@@ -16,7 +17,6 @@ use paychan_core::{
         SupportedResponse, VerifyResponse, X402_VERSION,
     },
 };
-use paychan_engine::{PaymentFacilitator, SourceError};
 use paychan_store::Store;
 
 use crate::{Error, Result, records::Key};
@@ -81,7 +81,8 @@ pub(crate) struct Inner<S: Store> {
 /// * [`supported`](Self::supported) describes it.
 ///
 /// Neither `verify` nor `settle` fails: every problem is an answer with the scheme's error code
-/// (`isValid: false` / `success: false`) and a message. Cheap to clone.
+/// (`isValid: false` / `success: false`) and a message. Cheap to clone. It reads wall-clock time
+/// (authorization validity windows) from its relayer's clock ([`Relayer::with_clock`]).
 pub struct Facilitator<S: Store> {
     pub(crate) inner: Arc<Inner<S>>,
 }

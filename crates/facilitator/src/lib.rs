@@ -2,7 +2,7 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`facilitator`] | [`Facilitator`], its settings, `/supported`, the engine's `PaymentFacilitator` |
+//! | [`facilitator`] | [`Facilitator`], its settings, `/supported`, the core's `PaymentFacilitator` port |
 //! | [`verify`] | `/verify`: the scheme's verification rules for deposits, vouchers and refunds |
 //! | [`settle`] | `/settle`: deposits, claims, settles and refunds on chain, idempotent |
 //! | [`records`] | settlement records that make retries answer instead of act |

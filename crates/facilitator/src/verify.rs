@@ -20,8 +20,6 @@
 //! simulation of the escrow's `deposit` (`deposit_simulation_failed`, with the decoded revert).
 //! Rule 11 (the refund nonce) is checked when a refund is settled.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use alloy::{
     primitives::{Address, B256, Bytes, U256},
     sol_types::SolCall,
@@ -31,10 +29,11 @@ use paychan_core::{
     ErrorCode, Rejection,
     batch::{
         BatchPayload, BatchRequirements, ChannelConfig, ChannelSnapshot, DepositPayload,
-        VoucherFields,
+        PayloadReceiver, VoucherFields,
         eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
-        payee,
+        malformed_payload_code, payee,
     },
+    ports::Clock,
     sig::Signature,
     x402::{PaymentPayload, PaymentRequirements, VerifyResponse},
 };
@@ -52,13 +51,6 @@ pub(crate) struct DepositCheck {
     pub(crate) before: ChannelSnapshot,
 }
 
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn rej(code: ErrorCode, msg: impl Into<std::borrow::Cow<'static, str>>) -> Rejection {
     Rejection::new(code, msg)
 }
@@ -66,14 +58,7 @@ fn rej(code: ErrorCode, msg: impl Into<std::borrow::Cow<'static, str>>) -> Rejec
 /// Types an untyped scheme payload, refusing with the code of its `type`.
 pub(crate) fn typed_payload(v: &Value) -> Result<BatchPayload, Rejection> {
     serde_json::from_value(v.clone()).map_err(|e| {
-        let code = match v.get("type").and_then(Value::as_str) {
-            Some("deposit") => ErrorCode::DepositPayload,
-            Some("voucher") => ErrorCode::VoucherPayload,
-            Some("refund") => ErrorCode::RefundPayload,
-            Some("claim") => ErrorCode::ClaimPayload,
-            Some("settle") => ErrorCode::SettlePayload,
-            _ => ErrorCode::PayloadType,
-        };
+        let code = malformed_payload_code(v, PayloadReceiver::Facilitator);
         rej(code, format!("payload: {e}"))
     })
 }
@@ -366,7 +351,8 @@ impl<S: Store> Facilitator<S> {
                 "deposit.authorization.erc3009Authorization is missing",
             ));
         };
-        let now = now_secs();
+        // Time comes from the relayer's clock (an input, so tests can drive it).
+        let now = self.inner.relayer.clock().now_ms() / 1000;
         let margin = self.inner.config.valid_before_margin.as_secs();
         if auth.valid_before < U256::from(now.saturating_add(margin)) {
             return Err(rej(

@@ -29,7 +29,7 @@ use axum::{
 };
 use paychan_core::{
     ErrorCode, Rejection,
-    batch::{BatchPayload, BatchRequirements},
+    batch::{BatchPayload, BatchRequirements, PayloadReceiver, malformed_payload_code},
     codec,
     x402::{
         PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo, VersionProbe,
@@ -196,12 +196,7 @@ fn classify_decode_error(header: &str, max: usize, err: &codec::CodecError) -> R
         );
     }
     if let Ok(env) = codec::decode_limited::<PaymentPayload<serde_json::Value>>(header, max) {
-        let code = match env.payload.get("type").and_then(serde_json::Value::as_str) {
-            Some("voucher") => ErrorCode::VoucherPayload,
-            Some("deposit") => ErrorCode::DepositPayload,
-            Some("refund") => ErrorCode::RefundPayload,
-            _ => ErrorCode::PayloadType,
-        };
+        let code = malformed_payload_code(&env.payload, PayloadReceiver::Server);
         let detail = match serde_json::from_value::<BatchPayload>(env.payload) {
             Err(e) => e.to_string(),
             Ok(_) => err.to_string(),

@@ -9,8 +9,11 @@ use std::future::Future;
 use paychan_chain::{
     ChainReader, ChainWatcher, SettledEvent, WatchEvent, WatchItem, WatcherConfig,
 };
-use paychan_core::batch::payee::ChannelRecord;
-use paychan_engine::{Clock, Engine, OnchainSource, PaymentFacilitator};
+use paychan_core::{
+    batch::payee::ChannelRecord,
+    ports::{Clock, OnchainSource, PaymentFacilitator},
+};
+use paychan_engine::Engine;
 use paychan_store::{AggregateOp, Store, WriteBatch};
 use tokio::sync::mpsc;
 

@@ -33,9 +33,10 @@ use paychan_core::{
         ClaimRow, ClaimVoucher,
         payee::{self, ChannelRecord},
     },
+    ports::{Clock, OnchainSource, PaymentFacilitator},
     sig::LocalSigner,
 };
-use paychan_engine::{Clock, Engine, EngineEvent, OnchainSource, PaymentFacilitator};
+use paychan_engine::{Engine, EngineEvent};
 use paychan_store::{AggregateOp, JournalEntry, JournalKind, JournalState, Store, WriteBatch};
 use tokio::{
     sync::{broadcast, watch},

@@ -10,16 +10,20 @@
 //!
 //! **Formats.** Every stored value starts with a one-byte format version ([`codec`]); the database
 //! records its format in a metadata key and refuses to open a newer or unknown format rather than
-//! misread it (older formats are migrated when a migration exists; there is none yet).
+//! misread it. A format-1 store (whose write-ahead log held format-1 records) is migrated when
+//! opened: its log is replayed into sled, made durable, and only then is the new format recorded
+//! (`sled_store::migrate_format1`); no other older format has a migration.
 //!
 //! | module | what |
 //! | --- | --- |
+//! | [`clock`] | [`SystemClock`], wall-clock time for the core's `Clock` port |
 //! | [`codec`] | versioned encodings of every record |
 //! | [`mem`] | in-memory store for tests |
 //! | [`sled_store`] | the on-disk store with group commit |
 
 #[macro_use]
 mod reads;
+pub mod clock;
 pub mod codec;
 pub mod mem;
 mod pace;
@@ -33,6 +37,7 @@ use alloy_primitives::{Address, B256};
 use paychan_core::batch::{ChannelConfig, payee::ChannelRecord};
 use serde::{Deserialize, Serialize};
 
+pub use clock::SystemClock;
 pub use mem::MemStore;
 pub use sled_store::{Durability, SledStore, SledStoreConfig};
 

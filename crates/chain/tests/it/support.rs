@@ -9,13 +9,10 @@ use alloy::{
 };
 use paychan_chain::{ChainConfig, ChainReader, Relayer, RetryPolicy, TxKey};
 use paychan_core::{
-    batch::{
-        BatchDomain, ChannelConfig, ClaimEntry, ClaimRow, ClaimVoucher,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
-    },
+    batch::{BatchDomain, ChannelConfig, ClaimEntry, ClaimRow, ClaimVoucher},
     sig::LocalSigner,
 };
-use paychan_devchain::{DevChain, ERC3009_COLLECTOR, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW, Role};
 pub use paychan_devchain::{RpcProxy, eventually};
 use paychan_store::{JournalEntry, JournalState, MemStore, Store};
 
@@ -105,28 +102,10 @@ impl Env {
         amount: u128,
         salt: u64,
     ) -> Bytes {
-        let channel_id = self.domain.channel_id(config);
-        let salt = U256::from(salt);
-        let valid_before = U256::from(self.chain.block_timestamp().await.unwrap() + 3600);
-        let auth = ReceiveWithAuthorization {
-            from: config.payer,
-            to: ERC3009_COLLECTOR,
-            value: U256::from(amount),
-            valid_after: U256::ZERO,
-            valid_before,
-            nonce: deposit_nonce(channel_id, salt),
-        };
-        let token_domain = Eip712Domain::new("USD Coin", "2", self.chain.chain_id(), self.token);
-        let sig = self
-            .key(payer)
-            .sign_digest(&auth.digest(&token_domain))
-            .unwrap();
-        paychan_bindings::convert::erc3009_collector_data(
-            U256::ZERO,
-            valid_before,
-            salt,
-            &sig.to_bytes(),
-        )
+        self.chain
+            .deposit_data(&self.key(payer), config, amount, U256::from(salt), 3600)
+            .await
+            .unwrap()
     }
 
     /// Claim rows (vouchers signed by each channel's payer up to `total`) and the receiver

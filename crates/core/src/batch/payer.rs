@@ -300,6 +300,52 @@ pub struct DepositTerms {
     pub now_secs: u64,
 }
 
+/// What an ERC-3009 deposit authorization allows: `from` lets the deposit `collector` move
+/// `amount` of the token into channel `channel_id`, within (`valid_after`, `valid_before`), under
+/// the nonce `keccak256(abi.encode(channelId, salt))` that binds it to the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erc3009Terms {
+    /// The token holder (the channel's payer).
+    pub from: Address,
+    /// The deposit collector that will call `receiveWithAuthorization`.
+    pub collector: Address,
+    /// The channel the deposit goes into.
+    pub channel_id: B256,
+    /// Tokens to move.
+    pub amount: u128,
+    /// Valid after this unix time (seconds).
+    pub valid_after: U256,
+    /// Valid before this unix time (seconds).
+    pub valid_before: U256,
+    /// The salt of the authorization nonce.
+    pub salt: U256,
+}
+
+/// Signs an ERC-3009 `ReceiveWithAuthorization` under the token's EIP-712 domain: the
+/// `erc3009Authorization` of a deposit payload (and, ABI-encoded, the collector's
+/// `collectorData`). The one place a deposit authorization is built.
+pub fn sign_erc3009_authorization(
+    token_domain: &Eip712Domain,
+    terms: &Erc3009Terms,
+    signer: &LocalSigner,
+) -> Result<Erc3009Authorization, SigError> {
+    let auth = ReceiveWithAuthorization {
+        from: terms.from,
+        to: terms.collector,
+        value: U256::from(terms.amount),
+        valid_after: terms.valid_after,
+        valid_before: terms.valid_before,
+        nonce: deposit_nonce(terms.channel_id, terms.salt),
+    };
+    let sig = signer.sign_digest(&auth.digest(token_domain))?;
+    Ok(Erc3009Authorization {
+        valid_after: terms.valid_after,
+        valid_before: terms.valid_before,
+        salt: terms.salt,
+        signature: Bytes::copy_from_slice(&sig.to_bytes()),
+    })
+}
+
 /// Builds a `deposit` payload: an ERC-3009 authorization (signed by the payer, valid from now for
 /// the offer's timeout) plus the voucher paying for this request.
 pub fn deposit_payload(
@@ -312,16 +358,19 @@ pub fn deposit_payload(
 ) -> Result<DepositPayload, PayerError> {
     let token_domain =
         Eip712Domain::new(&req.extra.name, &req.extra.version, req.chain_id, req.asset);
-    let valid_before = U256::from(terms.now_secs.saturating_add(req.max_timeout_seconds));
-    let auth = ReceiveWithAuthorization {
-        from: payer.address(),
-        to: terms.collector,
-        value: U256::from(terms.amount),
-        valid_after: U256::ZERO,
-        valid_before,
-        nonce: deposit_nonce(channel.channel_id, terms.salt),
-    };
-    let auth_sig = payer.sign_digest(&auth.digest(&token_domain))?;
+    let authorization = sign_erc3009_authorization(
+        &token_domain,
+        &Erc3009Terms {
+            from: payer.address(),
+            collector: terms.collector,
+            channel_id: channel.channel_id,
+            amount: terms.amount,
+            valid_after: U256::ZERO,
+            valid_before: U256::from(terms.now_secs.saturating_add(req.max_timeout_seconds)),
+            salt: terms.salt,
+        },
+        payer,
+    )?;
     let ceiling = channel.next_ceiling(req.amount)?;
     let voucher = channel.sign_voucher(domain, voucher_signer, ceiling)?;
     Ok(DepositPayload {
@@ -330,12 +379,7 @@ pub fn deposit_payload(
         deposit: Deposit {
             amount: terms.amount,
             authorization: DepositAuthorization {
-                erc3009_authorization: Some(Erc3009Authorization {
-                    valid_after: U256::ZERO,
-                    valid_before,
-                    salt: terms.salt,
-                    signature: Bytes::copy_from_slice(&auth_sig.to_bytes()),
-                }),
+                erc3009_authorization: Some(authorization),
                 permit2_authorization: None,
             },
         },

@@ -234,6 +234,48 @@ impl BatchPayload {
     }
 }
 
+/// Who a payload is sent to, which decides the payload `type`s it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadReceiver {
+    /// A server (payee): the client payloads `deposit`, `voucher` and `refund`.
+    Server,
+    /// A facilitator: every payload, including the server-authored `claim` and `settle`.
+    Facilitator,
+}
+
+impl PayloadReceiver {
+    /// Whether it takes payloads of type `kind`.
+    pub fn takes(self, kind: &str) -> bool {
+        match kind {
+            "deposit" | "voucher" | "refund" => true,
+            "claim" | "settle" => self == PayloadReceiver::Facilitator,
+            _ => false,
+        }
+    }
+}
+
+/// The error code for a scheme payload (the JSON of `PaymentPayload.payload`) that does not
+/// parse: the malformed-payload code of its `type` when `receiver` takes that type
+/// (`invalid_batch_settlement_evm_voucher_payload`, ...), `payload_type` otherwise (no `type`,
+/// an unknown one, or a server-authored one sent to a server). Servers and the facilitator
+/// both answer with it.
+pub fn malformed_payload_code(
+    payload: &serde_json::Value,
+    receiver: PayloadReceiver,
+) -> crate::ErrorCode {
+    use crate::ErrorCode;
+    let kind = payload.get("type").and_then(serde_json::Value::as_str);
+    match kind {
+        Some(k) if !receiver.takes(k) => ErrorCode::PayloadType,
+        Some("deposit") => ErrorCode::DepositPayload,
+        Some("voucher") => ErrorCode::VoucherPayload,
+        Some("refund") => ErrorCode::RefundPayload,
+        Some("claim") => ErrorCode::ClaimPayload,
+        Some("settle") => ErrorCode::SettlePayload,
+        _ => ErrorCode::PayloadType,
+    }
+}
+
 /// A channel snapshot: the mirrored on-chain state, plus the server's charged total when the
 /// server sends it (`extra.channelState` of corrective 402s and payment responses; `extra` of a
 /// facilitator's `/verify`).
@@ -365,5 +407,35 @@ mod salt_word {
         } else {
             crate::amount::parse_u256(&s).map_err(serde::de::Error::custom)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn a_malformed_payload_gets_the_code_of_its_type_where_that_type_is_taken() {
+        let code =
+            |t: serde_json::Value, r| malformed_payload_code(&serde_json::json!({ "type": t }), r);
+        for r in [PayloadReceiver::Server, PayloadReceiver::Facilitator] {
+            assert_eq!(code("deposit".into(), r), ErrorCode::DepositPayload);
+            assert_eq!(code("voucher".into(), r), ErrorCode::VoucherPayload);
+            assert_eq!(code("refund".into(), r), ErrorCode::RefundPayload);
+            assert_eq!(code("teleport".into(), r), ErrorCode::PayloadType);
+            assert_eq!(code(7.into(), r), ErrorCode::PayloadType);
+            assert_eq!(
+                malformed_payload_code(&serde_json::json!({}), r),
+                ErrorCode::PayloadType
+            );
+        }
+        // server-authored payloads: their own codes at a facilitator, a wrong type at a server
+        let f = PayloadReceiver::Facilitator;
+        assert_eq!(code("claim".into(), f), ErrorCode::ClaimPayload);
+        assert_eq!(code("settle".into(), f), ErrorCode::SettlePayload);
+        let s = PayloadReceiver::Server;
+        assert_eq!(code("claim".into(), s), ErrorCode::PayloadType);
+        assert_eq!(code("settle".into(), s), ErrorCode::PayloadType);
     }
 }

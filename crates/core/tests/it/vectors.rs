@@ -27,7 +27,10 @@ use paychan_core::{
         canonical,
         eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
         payee::{self, ChannelRecord, CheckContext, OnchainState},
-        payer::{DepositTerms, PayerChannel, channel_config_for, deposit_payload},
+        payer::{
+            DepositTerms, Erc3009Terms, PayerChannel, channel_config_for, deposit_payload,
+            sign_erc3009_authorization,
+        },
     },
     codec,
     sig::{Backend, LocalSigner, Signature},
@@ -507,6 +510,24 @@ fn receive_with_authorization_matches_the_sdk() {
         };
         r.eq(m.digest(&token), x.signed.digest, || {
             format!("{}: ReceiveWithAuthorization digest", x.name)
+        });
+        // The one builder of deposit authorizations signs the same bytes.
+        let built = sign_erc3009_authorization(
+            &token,
+            &Erc3009Terms {
+                from: x.from,
+                collector: x.to,
+                channel_id: x.channel_id,
+                amount: x.value.to::<u128>(),
+                valid_after: x.valid_after,
+                valid_before: x.valid_before,
+                salt,
+            },
+            &signer_for(&v.keys, &x.signed.signer_key),
+        )
+        .unwrap();
+        r.eq(built.signature, x.signed.signature.clone(), || {
+            format!("{}: sign_erc3009_authorization", x.name)
         });
         check_signature(
             &mut r,

@@ -7,16 +7,17 @@ use std::sync::{
 
 use alloy_primitives::B256;
 use paychan_chain::{ChainConfig, ChainReader, TxKey};
+use paychan_core::ports::{Clock, PaymentFacilitator, SourceError};
 use paychan_core::{
     batch::{
         BatchDomain, BatchPayload, BatchRequirements,
-        payer::{DepositTerms, PayerChannel, channel_config_for, deposit_payload},
+        payer::{DepositTerms, PayerChannel, deposit_payload},
     },
     sig::LocalSigner,
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse, VerifyResponse, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ERC3009_COLLECTOR, ESCROW, Role};
-use paychan_engine::{Clock, Engine, EngineConfig, NoFacilitator, PaymentFacilitator, SourceError};
+use paychan_engine::{Engine, EngineConfig, NoFacilitator};
 use paychan_store::JournalState;
 use paychan_store::{MemStore, SledStore, SledStoreConfig};
 
@@ -195,14 +196,10 @@ impl Harness {
 
     /// A payer holding `tokens` and a channel it has not deposited into.
     pub async fn unfunded_channel(&self, seed: u64, tokens: u128) -> (LocalSigner, PayerChannel) {
-        let payer = self.chain.funded_payer(seed, tokens).await.unwrap();
-        let config = channel_config_for(
-            &self.offer,
-            payer.address(),
-            payer.address(),
-            B256::from(alloy_primitives::U256::from(seed)),
-        );
-        (payer, PayerChannel::from_chain(&self.domain, config, 0, 0))
+        self.chain
+            .unfunded_channel(&self.offer, seed, tokens)
+            .await
+            .unwrap()
     }
 
     /// A `deposit` payload of `amount` paying one request.
@@ -254,16 +251,10 @@ impl Harness {
 
     /// A payer with a channel funded with `deposit` on chain.
     pub async fn funded_channel(&self, seed: u64, deposit: u128) -> (LocalSigner, PayerChannel) {
-        let payer = self.chain.funded_payer(seed, deposit).await.unwrap();
-        let config = channel_config_for(
-            &self.offer,
-            payer.address(),
-            payer.address(),
-            B256::from(alloy_primitives::U256::from(seed)),
-        );
-        self.chain.deposit(&payer, &config, deposit).await.unwrap();
-        let pc = PayerChannel::from_chain(&self.domain, config, deposit, 0);
-        (payer, pc)
+        self.chain
+            .funded_channel(&self.offer, seed, deposit)
+            .await
+            .unwrap()
     }
 
     pub fn voucher(

@@ -200,7 +200,7 @@ async fn http_api_answers_verdicts_and_refuses_malformed_bodies() {
     assert_eq!(env.balances(payer.address()).await.0, p0 - 10_000);
     assert_eq!(env.balances(payer.address()).await.2, e0 + 10_000);
     // the engine's trait, as paychan's server uses it: a retry answers the same transaction
-    let s = paychan_engine::PaymentFacilitator::settle(&client, &deposit, &req)
+    let s = paychan_core::ports::PaymentFacilitator::settle(&client, &deposit, &req)
         .await
         .unwrap();
     assert_eq!(tx_of(&s), tx);
@@ -221,7 +221,7 @@ async fn http_api_answers_verdicts_and_refuses_malformed_bodies() {
     let e = dead.verify(&deposit, &req).await.unwrap_err();
     assert!(matches!(e, Error::Transport { op: "verify", .. }), "{e:?}");
     assert!(e.to_string().contains(&base), "{e}");
-    let e = paychan_engine::PaymentFacilitator::verify(&dead, &deposit, &req)
+    let e = paychan_core::ports::PaymentFacilitator::verify(&dead, &deposit, &req)
         .await
         .unwrap_err();
     assert_eq!(e.what, "facilitator verify");

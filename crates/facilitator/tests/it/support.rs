@@ -10,9 +10,11 @@ use paychan_core::{
     batch::{
         BatchDomain, BatchPayload, BatchRequirements, ChannelConfig, DepositPayload,
         Erc3009Authorization, VoucherFields,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        eip712::Eip712Domain,
         payee::OnchainState,
-        payer::{DepositTerms, PayerChannel, channel_config_for, deposit_payload},
+        payer::{
+            DepositTerms, Erc3009Terms, PayerChannel, deposit_payload, sign_erc3009_authorization,
+        },
     },
     sig::LocalSigner,
     x402::{PaymentPayload, PaymentRequirements, SettlementResponse, VerifyResponse, X402_VERSION},
@@ -148,14 +150,10 @@ impl Env {
 
     /// A payer holding `tokens` and its (not yet funded) channel for the offer.
     pub async fn payer(&self, seed: u64, tokens: u128) -> (LocalSigner, PayerChannel) {
-        let payer = self.chain.funded_payer(seed, tokens).await.unwrap();
-        let config = channel_config_for(
-            &self.offer,
-            payer.address(),
-            payer.address(),
-            B256::from(U256::from(seed)),
-        );
-        (payer, PayerChannel::from_chain(&self.domain, config, 0, 0))
+        self.chain
+            .unfunded_channel(&self.offer, seed, tokens)
+            .await
+            .unwrap()
     }
 
     /// A channel for a config other than the offer's (same payer key signing).
@@ -201,22 +199,16 @@ impl Env {
         valid_before: u64,
     ) -> Erc3009Authorization {
         let token_domain = Eip712Domain::new("USD Coin", "2", self.chain.chain_id(), self.token);
-        let salt = U256::from(salt);
-        let digest = ReceiveWithAuthorization {
+        let terms = Erc3009Terms {
             from,
-            to,
-            value: U256::from(amount),
+            collector: to,
+            channel_id,
+            amount,
             valid_after: U256::from(valid_after),
             valid_before: U256::from(valid_before),
-            nonce: deposit_nonce(channel_id, salt),
-        }
-        .digest(&token_domain);
-        Erc3009Authorization {
-            valid_after: U256::from(valid_after),
-            valid_before: U256::from(valid_before),
-            salt,
-            signature: Bytes::copy_from_slice(&signer.sign_digest(&digest).unwrap().to_bytes()),
-        }
+            salt: U256::from(salt),
+        };
+        sign_erc3009_authorization(&token_domain, &terms, signer).unwrap()
     }
 
     /// A voucher for `ceiling` on `pc`, signed by `signer`.

@@ -2,13 +2,9 @@
 
 use std::sync::Arc;
 
-use alloy_primitives::{B256, U256};
 use paychan_chain::{ChainConfig, ChainReader};
 use paychan_core::{
-    batch::{
-        BatchDomain, BatchPayload, BatchRequirements,
-        payer::{PayerChannel, channel_config_for},
-    },
+    batch::{BatchDomain, BatchPayload, BatchRequirements, payer::PayerChannel},
     codec,
     sig::LocalSigner,
     x402::{PaymentPayload, X402_VERSION},
@@ -82,18 +78,10 @@ impl Server {
     }
 
     pub async fn funded_channel(&self, seed: u64, deposit: u128) -> (LocalSigner, PayerChannel) {
-        let payer = self.chain.funded_payer(seed, deposit).await.unwrap();
-        let config = channel_config_for(
-            &self.offer,
-            payer.address(),
-            payer.address(),
-            B256::from(U256::from(seed)),
-        );
-        self.chain.deposit(&payer, &config, deposit).await.unwrap();
-        (
-            payer,
-            PayerChannel::from_chain(&self.domain, config, deposit, 0),
-        )
+        self.chain
+            .funded_channel(&self.offer, seed, deposit)
+            .await
+            .unwrap()
     }
 
     pub fn voucher_header(&self, pc: &mut PayerChannel, payer: &LocalSigner) -> String {

@@ -16,13 +16,12 @@ use paychan_chain::{
 use paychan_core::{
     batch::{
         BatchDomain, BatchPayload, BatchRequirements, ChannelConfig,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
         payer::{PayerChannel, channel_config_for},
     },
     sig::LocalSigner,
     x402::{PaymentPayload, X402_VERSION},
 };
-use paychan_devchain::{DevChain, ERC3009_COLLECTOR, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW, Role};
 pub use paychan_devchain::{RpcProxy, eventually};
 use paychan_engine::{Begin, Engine, EngineConfig, NoFacilitator, PaymentFacilitator};
 use paychan_settle::{SettlePolicy, Settler, SettlerConfig, ShutdownReport};
@@ -192,25 +191,10 @@ impl Env {
         amount: u128,
         salt: u64,
     ) -> Bytes {
-        let channel_id = self.domain.channel_id(config);
-        let salt = U256::from(salt);
-        let valid_before = U256::from(self.chain.block_timestamp().await.unwrap() + 86_400);
-        let auth = ReceiveWithAuthorization {
-            from: config.payer,
-            to: ERC3009_COLLECTOR,
-            value: U256::from(amount),
-            valid_after: U256::ZERO,
-            valid_before,
-            nonce: deposit_nonce(channel_id, salt),
-        };
-        let token_domain = Eip712Domain::new("USD Coin", "2", self.chain.chain_id(), self.token());
-        let sig = payer.sign_digest(&auth.digest(&token_domain)).unwrap();
-        paychan_bindings::convert::erc3009_collector_data(
-            U256::ZERO,
-            valid_before,
-            salt,
-            &sig.to_bytes(),
-        )
+        self.chain
+            .deposit_data(payer, config, amount, U256::from(salt), 86_400)
+            .await
+            .unwrap()
     }
 
     /// One paid request of maximum `PRICE` charged `actual` through the engine; returns the

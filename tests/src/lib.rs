@@ -1,1 +1,0 @@
-//! Helpers shared by paychan's end-to-end tests.
