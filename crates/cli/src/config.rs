@@ -47,6 +47,10 @@ pub(crate) struct File {
     /// Where operational data (`/metrics`, `/health`) is served: an address (default
     /// `127.0.0.1:9402`, loopback) or `"off"`. Never the paid port.
     pub(crate) operator_listen: Option<String>,
+    /// Serve the paid port over TLS with this PEM certificate chain (with `tls_key_file`).
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (owner-only file).
+    pub(crate) tls_key_file: Option<PathBuf>,
     /// Connection hygiene of the paid port.
     pub(crate) limits: Option<LimitsSection>,
     /// How old mirrored chain state may be for a local voucher check, seconds (default 30).
@@ -88,10 +92,14 @@ pub(crate) struct ControlSection {
     /// The bearer token file callers must present (default `<data_dir>/control.token`, created
     /// with a fresh random token and mode 0600 if missing).
     pub(crate) token_file: Option<PathBuf>,
-    /// Listen on an address other than loopback anyway. The control plane speaks plaintext
-    /// HTTP/2 and moves money: only behind a proxy that terminates TLS and restricts who
-    /// connects.
+    /// Listen on an address other than loopback anyway, without TLS. The control plane moves
+    /// money: only behind a proxy that terminates TLS and restricts who connects.
     pub(crate) allow_non_loopback: Option<bool>,
+    /// Serve TLS with this PEM certificate chain (with `tls_key_file`); then any address may
+    /// be used, and clients given the certificate (or its CA) connect over TLS.
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (owner-only file).
+    pub(crate) tls_key_file: Option<PathBuf>,
 }
 
 /// The control plane's settings, validated.
@@ -101,6 +109,8 @@ pub(crate) struct ControlSettings {
     pub(crate) listen: SocketAddr,
     /// Its bearer token file.
     pub(crate) token_file: PathBuf,
+    /// TLS: (certificate file, key file), if configured.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The `[control]` settings of the configuration file at `path`, for the control plane's
@@ -130,16 +140,26 @@ impl ControlSection {
                 format!("control.listen must be an address like {DEFAULT_CONTROL_LISTEN} or \"off\", not {a:?}")
             })?,
         };
-        if !listen.ip().is_loopback() && !self.allow_non_loopback.unwrap_or(false) {
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+            (None, None) => None,
+            _ => bail!("control.tls_cert_file and control.tls_key_file go together"),
+        };
+        if !listen.ip().is_loopback() && tls.is_none() && !self.allow_non_loopback.unwrap_or(false)
+        {
             bail!(
-                "control.listen {listen} is not a loopback address: the control plane speaks plaintext and can claim, settle and refund; keep it on loopback, or put a TLS-terminating proxy in front and set control.allow_non_loopback = true"
+                "control.listen {listen} is not a loopback address: the control plane can claim, settle and refund; keep it on loopback, serve TLS (control.tls_cert_file and control.tls_key_file), or put a TLS-terminating proxy in front and set control.allow_non_loopback = true"
             );
         }
         let token_file = match &self.token_file {
             Some(p) => base.join(p),
             None => data_dir.join("control.token"),
         };
-        Ok(Some(ControlSettings { listen, token_file }))
+        Ok(Some(ControlSettings {
+            listen,
+            token_file,
+            tls,
+        }))
     }
 }
 
@@ -611,6 +631,14 @@ impl Config {
                 defaults.max_in_flight,
                 "max_in_flight",
             )?,
+            tls: match (&f.tls_cert_file, &f.tls_key_file) {
+                (Some(c), Some(k)) => Some(
+                    paychan_service::Tls::from_pem_files(&base.join(c), &base.join(k))
+                        .map_err(|e| anyhow::anyhow!("tls_cert_file / tls_key_file: {e}"))?,
+                ),
+                (None, None) => None,
+                _ => bail!("tls_cert_file and tls_key_file go together"),
+            },
             ..defaults
         };
         if limits.header_read_timeout.is_zero() || limits.idle_timeout.is_zero() {
@@ -1201,6 +1229,7 @@ price = 5000
             Some(ControlSettings {
                 listen: DEFAULT_CONTROL_LISTEN.parse().unwrap(),
                 token_file: "/base/d/control.token".into(),
+                tls: None,
             })
         );
         let with = |section: &str| parse(&format!("{GOOD}\n[control]\n{section}\n"));
@@ -1211,6 +1240,7 @@ price = 5000
             ControlSettings {
                 listen: "[::1]:7000".parse().unwrap(),
                 token_file: "/base/t/control.token".into(),
+                tls: None,
             }
         );
         for open in ["0.0.0.0:9403", "192.168.1.5:9403", "[::]:9403"] {
@@ -1221,5 +1251,25 @@ price = 5000
         }
         assert!(with("listen = \"localhost\"").is_err());
         assert!(with("tls = true").is_err(), "unknown fields are refused");
+        // with TLS any address may be used; the two files go together
+        let c =
+            with("listen = \"0.0.0.0:9403\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"")
+                .unwrap();
+        assert_eq!(
+            c.control.unwrap().tls,
+            Some(("/base/c.pem".into(), "/base/k.pem".into()))
+        );
+        let err = format!("{:#}", with("tls_cert_file = \"c.pem\"").unwrap_err());
+        assert!(err.contains("go together"), "{err}");
+        // the paid port's TLS: both files, and they must load
+        let top = |line: &str| parse(&GOOD.replace("upstream = ", &format!("{line}\nupstream = ")));
+        let err = format!("{:#}", top("tls_key_file = \"k.pem\"").unwrap_err());
+        assert!(err.contains("go together"), "{err}");
+        let err = format!(
+            "{:#}",
+            top("tls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"")
+                .unwrap_err()
+        );
+        assert!(err.contains("/nonexistent/c.pem"), "{err}");
     }
 }

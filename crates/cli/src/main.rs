@@ -450,6 +450,8 @@ async fn dev(a: DevArgs) -> Result<()> {
         checkpoint_interval_ms: None,
         upstream: "demo".into(),
         upstream_token_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
         upstream_timeout_secs: None,
         upstream_connect_timeout_secs: None,
         operator_listen: Some(operator_listen.to_string()),
@@ -488,6 +490,8 @@ async fn dev(a: DevArgs) -> Result<()> {
             listen: Some(grpc_listen.to_string()),
             token_file: None,
             allow_non_loopback: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         },
     };
     let mut cfg = Config::from_file(file, std::path::Path::new("/"))?;

@@ -74,6 +74,28 @@ impl ControlClient {
         Ok(Self::with_channel(channel, token))
     }
 
+    /// Connects over TLS to the control plane at `addr` (`host:port`, or a `https://` URI),
+    /// trusting the PEM certificate(s) `ca_pem` (the server's own certificate, if self-signed).
+    /// The certificate must name the host of `addr`.
+    pub async fn connect_tls(addr: &str, token: &BearerToken, ca_pem: &[u8]) -> Result<Self> {
+        let uri = match addr.split_once("://") {
+            Some((_, rest)) => format!("https://{rest}"),
+            None => format!("https://{addr}"),
+        };
+        let bad = |reason: String| Error::Address {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| bad(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| bad(e.to_string()))?;
+        let channel = endpoint.connect().await?;
+        Ok(Self::with_channel(channel, token))
+    }
+
     /// A client over an existing channel.
     pub fn with_channel(channel: Channel, token: &BearerToken) -> Self {
         Self {

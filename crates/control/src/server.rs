@@ -8,13 +8,13 @@
 //!   `grpc_health_probe` expect: it tells whether the server serves, nothing else.
 //!
 //! The listener is the caller's: bind it to loopback (`127.0.0.1:9403` in paychan's config)
-//! unless a proxy in front terminates TLS and restricts who connects; this server speaks
+//! unless it serves TLS (`Limits::tls`) or a proxy in front terminates TLS and restricts who connects; without TLS this server speaks
 //! plaintext HTTP/2 (h2c) only. HTTP/2 keep-alive pings keep a quiet `WatchEvents` stream's
 //! connection from counting as idle.
 
 use std::future::Future;
 
-use paychan_engine::{Clock, OnchainSource, PaymentFacilitator};
+use paychan_core::ports::{Clock, OnchainSource, PaymentFacilitator};
 use paychan_service::{BearerToken, Limits};
 use paychan_store::Store;
 use tokio::net::TcpListener;
@@ -79,8 +79,8 @@ where
         .prepare();
     let addr = listener.local_addr()?;
     tracing::info!(target: TARGET, %addr, stream_id = plane.stream_id(), "control plane listening");
-    if !addr.ip().is_loopback() {
-        tracing::warn!(target: TARGET, %addr, "the control plane is not on loopback: it speaks plaintext; put a TLS proxy in front");
+    if !addr.ip().is_loopback() && limits.tls.is_none() {
+        tracing::warn!(target: TARGET, %addr, "the control plane is not on loopback and serves plaintext: serve TLS or put a TLS proxy in front");
     }
     let chain_watch = plane.chain_watch().await;
     let stopper = plane.clone();

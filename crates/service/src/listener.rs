@@ -58,6 +58,9 @@ pub struct Limits {
     pub retry_after_secs: u32,
     /// How long requests in flight may finish after shutdown starts (default 30 s).
     pub shutdown_grace: Duration,
+    /// Serve TLS instead of plaintext (default: plaintext). The handshake must finish within
+    /// `header_read_timeout`.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Default for Limits {
@@ -69,6 +72,7 @@ impl Default for Limits {
             max_in_flight: 1024,
             retry_after_secs: 1,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -147,22 +151,22 @@ fn with_in_flight_cap(app: Router, limits: &Limits) -> Router {
 
 pin_project_lite::pin_project! {
     /// A socket that remembers when a byte last moved, for the idle timeout.
-    struct Tracked {
+    struct Tracked<T> {
         #[pin]
-        io: TcpStream,
+        io: T,
         last: Arc<AtomicU64>,
         epoch: Instant,
     }
 }
 
-impl Tracked {
+impl<T> Tracked<T> {
     fn touch(last: &AtomicU64, epoch: Instant) {
         let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         last.store(ms, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Tracked {
+impl<T: AsyncRead> AsyncRead for Tracked<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -178,7 +182,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -233,12 +237,14 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one connection until it ends, goes idle for too long, or shutdown asks it to finish.
-async fn connection(
-    stream: TcpStream,
+async fn connection<T>(
+    stream: T,
     app: Router,
     limits: Arc<Limits>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = Tracked {
@@ -336,7 +342,22 @@ pub async fn serve(
             Ok(permit) => {
                 let (app, limits, stop) = (app.clone(), limits.clone(), stop_rx.clone());
                 tasks.spawn(async move {
-                    connection(stream, app, limits, stop).await;
+                    match limits.tls.clone() {
+                        None => connection(stream, app, limits, stop).await,
+                        Some(tls) => {
+                            let handshake = tls.acceptor().accept(stream);
+                            match tokio::time::timeout(limits.header_read_timeout, handshake).await
+                            {
+                                Ok(Ok(s)) => connection(s, app, limits, stop).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(target: "paychan_service", error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    tracing::debug!(target: "paychan_service", "TLS handshake timed out");
+                                }
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }

@@ -122,15 +122,19 @@ pub(crate) struct Conn {
         value_name = "PATH"
     )]
     pub(crate) token_file: Option<PathBuf>,
+    /// Connect over TLS, trusting this PEM certificate (the server's own, or its CA's).
+    /// Default: the config file's `control.tls_cert_file`, if it has one; else plaintext.
+    #[arg(long, global = true, env = "PAYCHAN_GRPC_CA_FILE", value_name = "PATH")]
+    pub(crate) grpc_ca_file: Option<PathBuf>,
     /// Print JSON (one object; `channel watch`: one object a line) instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
 }
 
 impl Conn {
-    /// The address and token file: flags and environment first, then the config file, then
-    /// defaults.
-    fn resolve(&self) -> Outcome<(String, PathBuf)> {
+    /// The address, token file and TLS trust anchor: flags and environment first, then the
+    /// config file, then defaults.
+    fn resolve(&self) -> Outcome<(String, PathBuf, Option<PathBuf>)> {
         let from_file = match &self.config {
             Some(p) => Some(crate::config::control_of(p).map_err(Failure::from)?),
             None => None,
@@ -160,18 +164,30 @@ impl Conn {
                 ));
             }
         };
-        Ok((addr, token_file))
+        let ca = self.grpc_ca_file.clone().or_else(|| {
+            from_file
+                .as_ref()
+                .and_then(|c| c.as_ref().and_then(|c| c.tls.as_ref().map(|t| t.0.clone())))
+        });
+        Ok((addr, token_file, ca))
     }
 
     /// A connected, authenticated client.
     pub(crate) async fn client(&self) -> Outcome<ControlClient> {
-        let (addr, token_file) = self.resolve()?;
+        let (addr, token_file, ca) = self.resolve()?;
         let token = BearerToken::load(&token_file).map_err(|e| {
             Failure::new(4, format!("the token file {}: {e}", token_file.display()))
         })?;
-        ControlClient::connect(&addr, &token)
-            .await
-            .map_err(|e| Failure::new(3, format!("{e} (is the server running at {addr}?)")))
+        let connected = match &ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    Failure::new(2, format!("the certificate file {}: {e}", ca.display()))
+                })?;
+                ControlClient::connect_tls(&addr, &token, &pem).await
+            }
+            None => ControlClient::connect(&addr, &token).await,
+        };
+        connected.map_err(|e| Failure::new(3, format!("{e} (is the server running at {addr}?)")))
     }
 }
 

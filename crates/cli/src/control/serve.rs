@@ -71,10 +71,26 @@ pub(crate) async fn start<F: PaymentFacilitator>(
             ..ControlConfig::default()
         },
     );
+    let limits = paychan_service::Limits {
+        tls: match &settings.tls {
+            Some((cert, key)) => Some(
+                paychan_service::Tls::from_pem_files(cert, key)
+                    .context("the control plane's TLS")?,
+            ),
+            None => None,
+        },
+        ..paychan_service::Limits::default()
+    };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(paychan_control::serve(listener, plane, token, async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(paychan_control::serve_with(
+        listener,
+        plane,
+        token,
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Ok(Running {
         addr,
         token_file,

@@ -7,4 +7,5 @@ mod actions;
 mod auth;
 mod fields;
 mod support;
+mod tls;
 mod watch;
