@@ -1,0 +1,1341 @@
+//! End-to-end benchmark: paychan's server as a child process, paid over loopback HTTP by a Rust
+//! load generator built on `paychan-client` (real vouchers, real ERC-3009 deposits, one round
+//! trip per call once the terms are known), beside an unpaid pass-through of the same upstream.
+//!
+//! ```text
+//! cargo bench -p paychan-benches --bench e2e -- [--parts load,life,perf,chart] [--channels 1,16,256,4096]
+//!     [--secs 8] [--warmup-secs 2] [--life-calls 1000,10000] [--life-channels 16]
+//!     [--perf-channels 256] [--perf-secs 8] [--out DIR] [--engine]
+//! ```
+//!
+//! What runs (all on one dev chain, anvil, with paychan's contracts at the canonical addresses):
+//!
+//! * **servers**: two `paychan serve` processes (the `paychan` binary, `PAYCHAN_BIN` or
+//!   `target/release/paychan`, built first with `cargo build --release -p paychan-cli` unless
+//!   `PAYCHAN_BIN` is set), both with the built-in demo upstream in process. The *paid* one
+//!   prices `POST /v1/chat/completions` (fsync durability, default group commit, local
+//!   facilitator, settlement on request only); the *unpaid* one serves the same path as a free
+//!   route: same binary, same HTTP stack and upstream, no payment. That is the ceiling.
+//! * **load** (`--parts load`): for each channel count N, N tasks in a closed loop, one request in
+//!   flight each. Paid: one `Payer` (store in memory: the payer's own durability is not what is
+//!   measured) with `max_channels = N`, so each task holds a channel; the first request of each
+//!   channel deposits (not timed: the pass waits until N channels are open, then warms up, then
+//!   measures). Then, at 16 channels, *half load*: the same 16 tasks paced to half the paid
+//!   throughput just measured, paid and unpaid, for the added p99. After each channel count the
+//!   paid server claims every channel and settles (`paychan channel claim --all`, `settle`, over
+//!   its gRPC control plane), and the gas per paid call is the gas of those receipts over every
+//!   paid call the channels made.
+//! * **life** (`--parts life`): K channels (`--life-channels`) make C calls each, then claim,
+//!   settle and a cooperative refund of every channel; gas of every transaction from the first
+//!   deposit on (receipts, by function) divided by K × C.
+//! * **perf** (`--parts perf`): `perf record -g` on the paid server during a paid pass; the top
+//!   symbols are written to `<out>/perf-report.txt` (flat self time summed by family —
+//!   secp256k1, kernel, allocator, HTTP, JSON, … — with µs per call, then by shared object and by
+//!   symbol) and printed.
+//! * **chart**: SVGs of throughput and p99 against channels (`<out>/e2e-throughput.svg`,
+//!   `<out>/e2e-p99.svg`), and the table as Markdown (`<out>/e2e.md`) and JSON (`<out>/e2e.json`).
+//! * `--engine`: also runs the in-process engine benchmarks (`engine_load -- throughput` and
+//!   `engine_load -- scale`) through cargo.
+//!
+//! CPU: server CPU per call is the server process's own accounting (utime + stime of
+//! `/proc/<pid>/stat`, every thread, 100 ticks a second) over the measured window divided by the
+//! calls completed in it; client CPU per call is the same of this process (which runs nothing
+//! but the load generator; anvil is a third process, reported apart).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    clippy::too_many_lines,
+    clippy::too_many_arguments
+)]
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use alloy_sol_types::SolCall;
+use paychan_bindings::BatchSettlement;
+use paychan_client::{DepositPolicy, Payer, SpendPolicy};
+use paychan_core::sig::LocalSigner;
+use paychan_devchain::{DevChain, Role};
+use paychan_store::MemStore;
+use serde_json::{Value, json};
+
+const PAID_PATH: &str = "/v1/chat/completions";
+const BODY: &str =
+    r#"{"model":"paychan-demo","messages":[{"role":"user","content":"Say hello in one word."}]}"#;
+/// The route's maximum per request; the demo upstream charges less (10 a token).
+const PRICE: u128 = 1_000;
+/// Deposit per channel: room for 100,000 calls at the maximum.
+const DEPOSIT: u128 = 100_000_000;
+/// Clock ticks a second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux x86-64).
+const TICKS: f64 = 100.0;
+
+// ---------------------------------------------------------------- flags
+
+struct Args {
+    parts: Vec<String>,
+    channels: Vec<usize>,
+    secs: f64,
+    warmup_secs: f64,
+    life_calls: Vec<u64>,
+    life_channels: usize,
+    perf_channels: usize,
+    perf_secs: f64,
+    half_load_channels: usize,
+    out: PathBuf,
+    engine: bool,
+    durability: String,
+    group_window_us: Option<u64>,
+}
+
+fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        parts: list("load,life,perf,chart"),
+        channels: vec![1, 16, 256, 4096],
+        secs: 8.0,
+        warmup_secs: 2.0,
+        life_calls: vec![1_000, 10_000],
+        life_channels: 16,
+        perf_channels: 256,
+        perf_secs: 8.0,
+        half_load_channels: 16,
+        out: workspace().join("benches/results"),
+        engine: false,
+        durability: "fsync".into(),
+        group_window_us: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(f) = it.next() {
+        let mut v = || it.next().unwrap_or_default();
+        match f.as_str() {
+            "--parts" => a.parts = list(&v()),
+            "--channels" => a.channels = list(&v()),
+            "--secs" => a.secs = v().parse().unwrap_or(a.secs),
+            "--warmup-secs" => a.warmup_secs = v().parse().unwrap_or(a.warmup_secs),
+            "--life-calls" => a.life_calls = list(&v()),
+            "--life-channels" => a.life_channels = v().parse().unwrap_or(a.life_channels),
+            "--perf-channels" => a.perf_channels = v().parse().unwrap_or(a.perf_channels),
+            "--perf-secs" => a.perf_secs = v().parse().unwrap_or(a.perf_secs),
+            "--half-load-channels" => {
+                a.half_load_channels = v().parse().unwrap_or(a.half_load_channels);
+            }
+            "--out" => a.out = PathBuf::from(v()),
+            "--engine" => a.engine = true,
+            "--durability" => a.durability = v(),
+            "--group-commit-window-us" => a.group_window_us = v().parse().ok(),
+            "--bench" => {}
+            other => eprintln!("e2e: ignoring unknown flag {other}"),
+        }
+    }
+    a
+}
+
+// ---------------------------------------------------------------- process accounting
+
+/// utime + stime of a process, seconds (every thread, live and exited).
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime 15
+    let tick = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (tick(14) + tick(15)) as f64 / TICKS
+}
+
+/// Busy time of the whole machine (every core), seconds: /proc/stat minus idle and iowait.
+fn machine_busy_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle) as f64 / TICKS
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The busiest other processes right now (name and %CPU), to say how quiet the machine was.
+fn busy_processes() -> String {
+    let out = Command::new("ps")
+        .args(["-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .take(4)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------- servers
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn paychan_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PAYCHAN_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = workspace().join("target/release/paychan");
+    eprintln!("e2e: cargo build --release -p paychan-cli (PAYCHAN_BIN skips this)");
+    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "paychan-cli",
+            "--bin",
+            "paychan",
+        ])
+        .current_dir(workspace())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "e2e: the build failed; using the existing {}",
+            bin.display()
+        );
+    }
+    assert!(bin.exists(), "no paychan binary at {}", bin.display());
+    bin
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    grpc_port: u16,
+    token_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}{PAID_PATH}", self.port)
+    }
+
+    async fn start(bin: &Path, chain: &DevChain, paid: bool, out: &Path, a: &Args) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (port, grpc_port) = (free_port(), free_port());
+        let authorizer = chain.account(Role::ReceiverAuthorizer);
+        let relayer = chain.account(Role::Relayer);
+        write_secret(&d.join("authorizer.key"), &format!("{:x}", authorizer.key));
+        write_secret(&d.join("relayer.key"), &format!("{:x}", relayer.key));
+        let c = chain.contracts();
+        let (routes, extra) = if paid {
+            (
+                format!(
+                    "[[route]]\npath = \"{PAID_PATH}\"\nmethod = \"POST\"\nprice = \"{PRICE}\"\n"
+                ),
+                format!(
+                    "[facilitator]\nuse = \"local\"\nrelayer_key_file = \"{rk}\"\nconfirmations = 1\n\n\
+                     [relay]\ndeposits_per_minute = 10\nrefunds_per_minute = 10\n\n\
+                     [settlement]\ninterval_secs = 0\nmax_rows_per_tx = 100\nsettle = \"manual\"\nrelayer_key_file = \"{rk}\"\n\n\
+                     [control]\nlisten = \"127.0.0.1:{grpc_port}\"\n",
+                    rk = d.join("relayer.key").display()
+                ),
+            )
+        } else {
+            (
+                "[[route]]\npath = \"/unused-paid\"\nmethod = \"POST\"\nprice = \"1000\"\n\n\
+                 [[free_route]]\npath = \"/v1/chat/completions\"\nmethod = \"POST\"\n"
+                    .to_string(),
+                "[control]\nlisten = \"off\"\n".to_string(),
+            )
+        };
+        let toml = format!(
+            "listen = \"127.0.0.1:{port}\"\noperator_listen = \"off\"\ndata_dir = \"{data}\"\n\
+             durability = \"{dur}\"\n{window}upstream = \"demo\"\ndemo_price_per_token = \"10\"\n\
+             max_onchain_age_secs = 3600\n\n\
+             [chain]\nrpc_url = \"{rpc}\"\nchain_id = {cid}\n\n\
+             [payment]\nreceiver = \"{recv}\"\nreceiver_authorizer = \"{auth}\"\n\
+             receiver_authorizer_key_file = \"{ak}\"\nasset = \"{token}\"\nasset_name = \"{tn}\"\nasset_version = \"{tv}\"\n\n\
+             [limits]\nmax_connections = 16384\nmax_in_flight = 16384\n\n{routes}\n{extra}",
+            data = d.join("data").display(),
+            dur = a.durability,
+            window = a
+                .group_window_us
+                .map_or(String::new(), |w| format!("group_commit_window_us = {w}\n")),
+            rpc = chain.rpc_url(),
+            cid = chain.chain_id(),
+            recv = chain.account(Role::Receiver).address,
+            auth = authorizer.address,
+            ak = d.join("authorizer.key").display(),
+            token = c.token,
+            tn = chain.config().token_name,
+            tv = chain.config().token_version,
+        );
+        let cfg = d.join("paychan.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let log = std::fs::File::create(out.join(if paid {
+            "server-paid.log"
+        } else {
+            "server-unpaid.log"
+        }))
+        .unwrap();
+        let child = Command::new(bin)
+            .args(["--log", "warn", "serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Self {
+            child,
+            port,
+            grpc_port,
+            token_file: d.join("data").join("control.token"),
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        let health = format!("http://127.0.0.1:{port}/_paychan/health");
+        let started = Instant::now();
+        loop {
+            if http
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+                && (!paid || s.token_file.exists())
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server did not start; see {}",
+                out.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s
+    }
+
+    /// `paychan channel <args>` against this server's control plane.
+    fn control(&self, bin: &Path, args: &[&str]) -> String {
+        let o = Command::new(bin)
+            .args(["--log", "warn", "channel"])
+            .args(args)
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", self.grpc_port)])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(["--json"])
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            eprintln!(
+                "e2e: paychan channel {args:?} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+// ---------------------------------------------------------------- gas from receipts
+
+async fn rpc(http: &reqwest::Client, url: &str, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let r: Value = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["result"].clone()
+}
+
+fn hex_u64(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0)
+}
+
+async fn block_number(chain: &DevChain) -> u64 {
+    hex_u64(
+        &rpc(
+            &reqwest::Client::new(),
+            chain.rpc_url(),
+            "eth_blockNumber",
+            json!([]),
+        )
+        .await,
+    )
+}
+
+fn function_name(input: &str) -> String {
+    let sel = input.get(2..10).unwrap_or("");
+    let known = [
+        (BatchSettlement::depositCall::SELECTOR, "deposit"),
+        (
+            BatchSettlement::claimWithSignatureCall::SELECTOR,
+            "claimWithSignature",
+        ),
+        (BatchSettlement::claimCall::SELECTOR, "claim"),
+        (BatchSettlement::settleCall::SELECTOR, "settle"),
+        (
+            BatchSettlement::refundWithSignatureCall::SELECTOR,
+            "refundWithSignature",
+        ),
+        (BatchSettlement::multicallCall::SELECTOR, "multicall"),
+    ];
+    for (s, name) in known {
+        if alloy_primitives::hex::encode(s) == sel {
+            return name.into();
+        }
+    }
+    format!("0x{sel}")
+}
+
+/// Gas used by every transaction in blocks `from..=to`, by function called: (count, gas).
+async fn gas_by_function(chain: &DevChain, from: u64, to: u64) -> BTreeMap<String, (u64, u64)> {
+    let http = reqwest::Client::new();
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for n in from..=to {
+        let b = rpc(
+            &http,
+            chain.rpc_url(),
+            "eth_getBlockByNumber",
+            json!([format!("0x{n:x}"), true]),
+        )
+        .await;
+        let Some(txs) = b["transactions"].as_array() else {
+            continue;
+        };
+        for tx in txs {
+            let r = rpc(
+                &http,
+                chain.rpc_url(),
+                "eth_getTransactionReceipt",
+                json!([tx["hash"]]),
+            )
+            .await;
+            let name = function_name(tx["input"].as_str().unwrap_or(""));
+            let e = out.entry(name).or_default();
+            e.0 += 1;
+            e.1 += hex_u64(&r["gasUsed"]);
+        }
+    }
+    out
+}
+
+fn gas_sum(g: &BTreeMap<String, (u64, u64)>, names: &[&str]) -> u64 {
+    g.iter()
+        .filter(|(k, _)| names.contains(&k.as_str()))
+        .map(|(_, v)| v.1)
+        .sum()
+}
+
+fn gas_text(g: &BTreeMap<String, (u64, u64)>) -> String {
+    g.iter()
+        .map(|(k, (n, gas))| format!("{k} ×{n} {gas}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------- load
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Paid,
+    Unpaid,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Paid => "paychan paid",
+            Kind::Unpaid => "unpaid pass-through",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    payer: Option<Payer<MemStore>>,
+}
+
+impl Client {
+    /// One call; true when it succeeded (200 and the whole body read).
+    async fn call(&self) -> bool {
+        let req = self
+            .http
+            .post(self.url.clone())
+            .header("content-type", "application/json")
+            .body(BODY);
+        match &self.payer {
+            Some(p) => match p.send(req).await {
+                Ok(r) => {
+                    let ok = r.response.status().is_success() && r.receipt.is_some();
+                    r.response.bytes().await.is_ok() && ok
+                }
+                Err(e) => {
+                    static SHOWN: AtomicU64 = AtomicU64::new(0);
+                    if SHOWN.fetch_add(1, Relaxed) < 3 {
+                        eprintln!("e2e: paid call failed: {e}");
+                    }
+                    false
+                }
+            },
+            None => match req.send().await {
+                Ok(r) => {
+                    let ok = r.status().is_success();
+                    r.bytes().await.is_ok() && ok
+                }
+                Err(_) => false,
+            },
+        }
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn payer(
+    chain: &DevChain,
+    seed: u64,
+    channels: usize,
+    http: reqwest::Client,
+) -> Payer<MemStore> {
+    let tokens = DEPOSIT * (channels as u128 + 1);
+    let key: LocalSigner = chain.funded_payer(seed, tokens).await.unwrap();
+    Payer::builder()
+        .signer(key)
+        .store(MemStore::new())
+        .spend_policy(
+            SpendPolicy::new(PRICE, DEPOSIT).allow_asset(chain.chain_id(), chain.contracts().token),
+        )
+        .deposit_policy(DepositPolicy::new(DEPOSIT, 0))
+        .max_channels(channels)
+        .http_client(http)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Pass {
+    kind: String,
+    channels: usize,
+    /// Paced rate (calls/s) for half-load passes, 0 for a closed loop.
+    paced: f64,
+    calls: u64,
+    errors: u64,
+    secs: f64,
+    throughput: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    server_cpu_us_per_call: f64,
+    client_cpu_us_per_call: f64,
+    chain_cpu_us_per_call: f64,
+    server_rss_mib: f64,
+    /// CPU used by everything else on the machine during the window (other builds, the idle
+    /// second server, the kernel's own threads), in cores.
+    other_cores: f64,
+    /// Gas of claim + settle receipts per paid call (paid, closed-loop rows).
+    gas_per_call: Option<f64>,
+    load: String,
+}
+
+/// Nearest-rank percentile (per mille) of sorted `v`.
+fn pct(v: &[u32], per_mille: usize) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = (per_mille * v.len()).div_ceil(1000).max(1);
+    u64::from(v[rank.min(v.len()) - 1])
+}
+
+const WARM: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+/// Runs `n` tasks, each calling in a closed loop (or paced at `rate / n` a second each); waits
+/// until every task finished its first call (the deposits), warms up, measures for `secs`.
+/// Returns the pass and the total of successful calls made (all phases).
+async fn pass(
+    client: &Client,
+    kind: Kind,
+    n: usize,
+    rate: f64,
+    warmup: f64,
+    secs: f64,
+    server_pid: u32,
+    chain_pid: u32,
+    during: Option<Box<dyn FnOnce() + Send>>,
+) -> (Pass, u64) {
+    let phase = Arc::new(AtomicU8::new(WARM));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let total_ok = Arc::new(AtomicU64::new(0));
+    let interval = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (c, phase, opened, total_ok) = (
+            client.clone(),
+            phase.clone(),
+            opened.clone(),
+            total_ok.clone(),
+        );
+        set.spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(4096);
+            let mut errors = 0u64;
+            let ok = c.call().await;
+            total_ok.fetch_add(u64::from(ok), Relaxed);
+            opened.fetch_add(1, Relaxed);
+            // spread paced tasks over one interval
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
+            loop {
+                if let Some(iv) = interval {
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    }
+                    next += iv;
+                    if next < Instant::now() {
+                        next = Instant::now();
+                    }
+                }
+                let p0 = phase.load(Relaxed);
+                if p0 == STOP {
+                    break;
+                }
+                let t = Instant::now();
+                let ok = c.call().await;
+                let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                total_ok.fetch_add(u64::from(ok), Relaxed);
+                if p0 == MEASURE && phase.load(Relaxed) == MEASURE {
+                    if ok {
+                        lat.push(us);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (lat, errors)
+        });
+    }
+    let t_open = Instant::now();
+    while opened.load(Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if t_open.elapsed() > Duration::from_secs(600) {
+            eprintln!(
+                "e2e: only {} of {n} channels opened in 600 s",
+                opened.load(Relaxed)
+            );
+            break;
+        }
+    }
+    if n > 1 {
+        eprintln!(
+            "  {} tasks started ({:.1} s for the first calls)",
+            n,
+            t_open.elapsed().as_secs_f64()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    let load = format!("loadavg {} (before)", loadavg());
+    let (s0, c0, a0) = (
+        cpu_secs(server_pid),
+        cpu_secs(std::process::id()),
+        cpu_secs(chain_pid),
+    );
+    let m0 = machine_busy_secs();
+    let t0 = Instant::now();
+    phase.store(MEASURE, Relaxed);
+    if let Some(f) = during {
+        tokio::task::spawn_blocking(f).await.unwrap();
+    } else {
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    }
+    phase.store(STOP, Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (s1, c1, a1) = (
+        cpu_secs(server_pid),
+        cpu_secs(std::process::id()),
+        cpu_secs(chain_pid),
+    );
+    let m1 = machine_busy_secs();
+    let rss = rss_mib(server_pid);
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = set.join_next().await {
+        let (l, e) = r.unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    lat.sort_unstable();
+    let calls = lat.len() as u64;
+    let per = |d: f64| {
+        if calls == 0 {
+            0.0
+        } else {
+            d * 1e6 / calls as f64
+        }
+    };
+    (
+        Pass {
+            kind: kind.name().into(),
+            channels: n,
+            paced: rate,
+            calls,
+            errors,
+            secs: elapsed,
+            throughput: calls as f64 / elapsed,
+            p50_us: pct(&lat, 500),
+            p99_us: pct(&lat, 990),
+            p999_us: pct(&lat, 999),
+            server_cpu_us_per_call: per(s1 - s0),
+            client_cpu_us_per_call: per(c1 - c0),
+            chain_cpu_us_per_call: per(a1 - a0),
+            server_rss_mib: rss,
+            other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (a1 - a0)).max(0.0) / elapsed,
+            gas_per_call: None,
+            load,
+        },
+        total_ok.load(Relaxed),
+    )
+}
+
+fn show(p: &Pass) {
+    eprintln!(
+        "  {:<20} ch {:>5}{} {:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  server {:>6.1} µs/call  client {:>6.1} µs/call  others {:.2} cores  errors {}",
+        p.kind,
+        p.channels,
+        if p.paced > 0.0 {
+            format!(" paced {:>6.0}/s", p.paced)
+        } else {
+            String::new()
+        },
+        p.throughput,
+        p.p50_us,
+        p.p99_us,
+        p.p999_us,
+        p.server_cpu_us_per_call,
+        p.client_cpu_us_per_call,
+        p.other_cores,
+        p.errors
+    );
+}
+
+/// Sums a `perf report --sort dso,symbol` listing into families of symbols, with each family's
+/// share of the server CPU per call.
+fn families(report: &str, us_per_call: f64) -> String {
+    let rules: [(&str, &[&str]); 11] = [
+        (
+            "secp256k1 (k256, crypto_bigint)",
+            &[
+                "k256",
+                "crypto_bigint",
+                "elliptic_curve",
+                "wnaf",
+                "ecdsa",
+                "primeorder",
+            ],
+        ),
+        ("keccak", &["Keccak", "keccak"]),
+        ("kernel (TCP loopback, fdatasync, scheduling)", &["[kernel"]),
+        ("allocator (mimalloc)", &["mi_", "mimalloc"]),
+        (
+            "memcpy / memset",
+            &["memmove", "memcpy", "memset", "memcmp"],
+        ),
+        ("JSON (serde)", &["serde", "json"]),
+        ("base64", &["base64"]),
+        (
+            "HTTP (hyper, axum, tower)",
+            &["hyper", "h2::", "http::", "httparse", "axum", "tower"],
+        ),
+        ("tokio", &["tokio"]),
+        ("store (sled, WAL)", &["sled", "paychan_store", "crc"]),
+        ("paychan (other)", &["paychan"]),
+    ];
+    let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
+    for l in report.lines() {
+        let t = l.trim_start();
+        let Some((pc, rest)) = t.split_once('%') else {
+            continue;
+        };
+        let Ok(pc) = pc.trim().parse::<f64>() else {
+            continue;
+        };
+        let fam = rules
+            .iter()
+            .find(|(_, keys)| keys.iter().any(|k| rest.contains(k)))
+            .map_or("other", |r| r.0);
+        *sums.entry(fam).or_default() += pc;
+    }
+    let mut v: Vec<_> = sums.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(f, pc)| format!("{pc:6.2}%  {:6.1} µs/call  {f}", pc / 100.0 * us_per_call))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------- charts
+
+fn chart(out: &Path, file: &str, title: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)]) {
+    use plotters::prelude::*;
+    let path = out.join(file);
+    let root = SVGBackend::new(&path, (820, 480)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let xmax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max)
+        * 1.5;
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0.7f64..xmax).log_scale(), 0f64..ymax)
+        .unwrap();
+    c.configure_mesh()
+        .x_desc("channels (concurrent requests, closed loop)")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .unwrap();
+    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let col = colors[i % colors.len()];
+        c.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2)))
+            .unwrap()
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        c.draw_series(pts.iter().map(|p| Circle::new(*p, 4, col.filled())))
+            .unwrap();
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+    eprintln!("  wrote {}", path.display());
+}
+
+// ---------------------------------------------------------------- main
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    std::fs::create_dir_all(&a.out).unwrap();
+    let want = |p: &str| a.parts.iter().any(|x| x == p);
+    let machine = format!(
+        "{} cores, loadavg {} at start; busiest: {}",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        loadavg(),
+        busy_processes()
+    );
+    eprintln!("e2e: {machine}");
+    let bin = paychan_bin();
+    let chain = DevChain::start().await.unwrap();
+    let chain_pid = chain.pid();
+    let paid = Server::start(&bin, &chain, true, &a.out, &a).await;
+    let unpaid = Server::start(&bin, &chain, false, &a.out, &a).await;
+    eprintln!(
+        "e2e: paid server pid {} at {}, unpaid pid {} at {}, anvil pid {chain_pid}",
+        paid.pid(),
+        paid.url(),
+        unpaid.pid(),
+        unpaid.url()
+    );
+    let http = http_client();
+    let mut passes: Vec<Pass> = Vec::new();
+    let mut life: Vec<Value> = Vec::new();
+    let mut seed = 1_000u64;
+
+    if want("load") {
+        for &n in &a.channels {
+            eprintln!("e2e: {n} channels");
+            let up = Client {
+                http: http.clone(),
+                url: unpaid.url().parse().unwrap(),
+                payer: None,
+            };
+            let (p, _) = pass(
+                &up,
+                Kind::Unpaid,
+                n,
+                0.0,
+                a.warmup_secs,
+                a.secs,
+                unpaid.pid(),
+                chain_pid,
+                None,
+            )
+            .await;
+            show(&p);
+            passes.push(p);
+            seed += 1;
+            let pc = Client {
+                http: http.clone(),
+                url: paid.url().parse().unwrap(),
+                payer: Some(payer(&chain, seed, n, http.clone()).await),
+            };
+            let b0 = block_number(&chain).await + 1;
+            let (mut p, mut total) = pass(
+                &pc,
+                Kind::Paid,
+                n,
+                0.0,
+                a.warmup_secs,
+                a.secs,
+                paid.pid(),
+                chain_pid,
+                None,
+            )
+            .await;
+            let mut half = Vec::new();
+            if n == a.half_load_channels && p.throughput > 0.0 {
+                let rate = p.throughput / 2.0;
+                let (h, t) = pass(
+                    &pc,
+                    Kind::Paid,
+                    n,
+                    rate,
+                    a.warmup_secs,
+                    a.secs,
+                    paid.pid(),
+                    chain_pid,
+                    None,
+                )
+                .await;
+                total += t;
+                half.push(h);
+                let (h, _) = pass(
+                    &up,
+                    Kind::Unpaid,
+                    n,
+                    rate,
+                    a.warmup_secs,
+                    a.secs,
+                    unpaid.pid(),
+                    chain_pid,
+                    None,
+                )
+                .await;
+                half.push(h);
+            }
+            let b1 = block_number(&chain).await;
+            let opened = gas_by_function(&chain, b0, b1).await;
+            paid.control(&bin, &["claim", "--all"]);
+            paid.control(&bin, &["settle"]);
+            let b2 = block_number(&chain).await;
+            let g = gas_by_function(&chain, b1 + 1, b2).await;
+            let settle_gas = gas_sum(&g, &["claimWithSignature", "claim", "settle", "multicall"]);
+            p.gas_per_call = (total > 0).then(|| settle_gas as f64 / total as f64);
+            eprintln!(
+                "  opening: {}; claim + settle: {} over {total} paid calls = {:.3} gas/call",
+                gas_text(&opened),
+                gas_text(&g),
+                p.gas_per_call.unwrap_or(0.0)
+            );
+            show(&p);
+            passes.push(p);
+            for h in half {
+                show(&h);
+                passes.push(h);
+            }
+        }
+    }
+
+    if want("life") {
+        for &calls in &a.life_calls {
+            let k = a.life_channels;
+            eprintln!("e2e: channel life, {k} channels × {calls} calls");
+            seed += 1;
+            let p = payer(&chain, seed, k, http.clone()).await;
+            let b0 = block_number(&chain).await + 1;
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..k {
+                let c = Client {
+                    http: http.clone(),
+                    url: paid.url().parse().unwrap(),
+                    payer: Some(p.clone()),
+                };
+                set.spawn(async move {
+                    let mut ok = 0u64;
+                    for _ in 0..calls {
+                        ok += u64::from(c.call().await);
+                    }
+                    ok
+                });
+            }
+            let mut ok = 0;
+            while let Some(r) = set.join_next().await {
+                ok += r.unwrap();
+            }
+            let secs = t.elapsed().as_secs_f64();
+            paid.control(&bin, &["claim", "--all"]);
+            paid.control(&bin, &["settle"]);
+            let mut refunded = 0;
+            for ch in p.channels() {
+                match p.refund(ch.channel_id).await {
+                    Ok(_) => refunded += 1,
+                    Err(e) => eprintln!("e2e: refund of {} failed: {e}", ch.channel_id),
+                }
+            }
+            let b1 = block_number(&chain).await;
+            let g = gas_by_function(&chain, b0, b1).await;
+            let total: u64 = g.values().map(|v| v.1).sum();
+            let per = total as f64 / ok.max(1) as f64;
+            eprintln!(
+                "  {ok} calls in {secs:.1} s on {} channels ({refunded} refunded): {} = {total} gas, {per:.1} gas/call",
+                p.channels().len(),
+                gas_text(&g)
+            );
+            life.push(json!({
+                "channels": p.channels().len(), "calls_per_channel": calls, "paid_calls": ok,
+                "refunded": refunded, "gas_total": total, "gas_per_call": per,
+                "by_function": g.iter().map(|(k, v)| (k.clone(), json!({"count": v.0, "gas": v.1}))).collect::<serde_json::Map<_, _>>(),
+            }));
+        }
+    }
+
+    let mut perf_top = String::new();
+    if want("perf") {
+        let n = a.perf_channels;
+        eprintln!("e2e: perf record -g on the paid server, {n} channels");
+        seed += 1;
+        let pc = Client {
+            http: http.clone(),
+            url: paid.url().parse().unwrap(),
+            payer: Some(payer(&chain, seed, n, http.clone()).await),
+        };
+        let data = a.out.join("perf.data");
+        let pid = paid.pid();
+        let secs = a.perf_secs;
+        let data2 = data.clone();
+        let record = move || {
+            let st = Command::new("perf")
+                .args(["record", "-g", "-F", "999", "-o"])
+                .arg(&data2)
+                .args(["-p", &pid.to_string(), "--", "sleep", &format!("{secs}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !st.is_ok_and(|s| s.success()) {
+                eprintln!("e2e: perf record failed");
+            }
+        };
+        let (p, _) = pass(
+            &pc,
+            Kind::Paid,
+            n,
+            0.0,
+            a.warmup_secs,
+            secs,
+            pid,
+            chain_pid,
+            Some(Box::new(record)),
+        )
+        .await;
+        eprint!("  under perf: ");
+        show(&p);
+        let report = |sort: &str| {
+            Command::new("perf")
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "--percent-limit",
+                    "0",
+                    "--sort",
+                    sort,
+                    "-g",
+                    "none",
+                    "-i",
+                ])
+                .arg(&data)
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(|l| l.trim_end_matches([' ', '-']))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default()
+        };
+        let by_symbol = report("dso,symbol");
+        let text = format!(
+            "# perf record -g -F 999 on the paid server, {n} channels, {:.0} paid calls/s, {:.1} µs of server CPU per call\n\n## by family\n{}\n## by shared object\n{}\n## by symbol\n{}",
+            p.throughput,
+            p.server_cpu_us_per_call,
+            families(&by_symbol, p.server_cpu_us_per_call),
+            report("dso"),
+            by_symbol
+        );
+        std::fs::write(a.out.join("perf-report.txt"), &text).unwrap();
+        perf_top = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n");
+        eprintln!("{perf_top}");
+    }
+
+    // ------------------------------------------------------------ table, charts
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {machine}. Paid server: durability {}, group commit window {}.\n",
+        a.durability,
+        a.group_window_us
+            .map_or("default".into(), |w| format!("{w} µs"))
+    );
+    let _ = writeln!(
+        md,
+        "| server | channels | paced | calls/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/call | client CPU µs/call | anvil CPU µs/call | other load, cores | gas/paid call (claim + settle) | errors |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for p in &passes {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |",
+            p.kind,
+            p.channels,
+            if p.paced > 0.0 {
+                format!("{:.0}/s", p.paced)
+            } else {
+                "closed loop".into()
+            },
+            p.throughput,
+            p.p50_us,
+            p.p99_us,
+            p.p999_us,
+            p.server_cpu_us_per_call,
+            p.client_cpu_us_per_call,
+            p.chain_cpu_us_per_call,
+            p.other_cores,
+            p.gas_per_call.map_or("—".into(), |g| format!("{g:.3}")),
+            p.errors
+        );
+    }
+    let find = |kind: Kind, n: usize, paced: bool| {
+        passes
+            .iter()
+            .find(|p| p.kind == kind.name() && p.channels == n && (p.paced > 0.0) == paced)
+    };
+    let _ = writeln!(md);
+    for &n in &a.channels {
+        if let (Some(p), Some(u)) = (find(Kind::Paid, n, false), find(Kind::Unpaid, n, false)) {
+            let _ = writeln!(
+                md,
+                "- {n} channels: paid / unpaid throughput {:.2}×; server CPU per paid call {:.1} µs (unpaid {:.1} µs)",
+                p.throughput / u.throughput.max(1e-9),
+                p.server_cpu_us_per_call,
+                u.server_cpu_us_per_call
+            );
+        }
+    }
+    let h = a.half_load_channels;
+    if let (Some(p), Some(u)) = (find(Kind::Paid, h, true), find(Kind::Unpaid, h, true)) {
+        let _ = writeln!(
+            md,
+            "- half load ({h} channels paced at {:.0}/s, half the paid closed-loop rate): added p50 {} µs, added p99 {} µs, added p99.9 {} µs",
+            p.paced,
+            p.p50_us as i64 - u.p50_us as i64,
+            p.p99_us as i64 - u.p99_us as i64,
+            p.p999_us as i64 - u.p999_us as i64
+        );
+    }
+    if !life.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| channels | calls per channel | paid calls | gas by function | total gas | gas per call |"
+        );
+        let _ = writeln!(md, "| ---: | ---: | ---: | --- | ---: | ---: |");
+        for l in &life {
+            let by: Vec<String> = l["by_function"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} ×{} {}", v["count"], v["gas"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.1} |",
+                l["channels"],
+                l["calls_per_channel"],
+                l["paid_calls"],
+                by.join(", "),
+                l["gas_total"],
+                l["gas_per_call"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    println!("{md}");
+    std::fs::write(a.out.join("e2e.md"), &md).unwrap();
+    std::fs::write(
+        a.out.join("e2e.json"),
+        serde_json::to_vec_pretty(
+            &json!({"machine": machine, "passes": passes, "life": life, "perf_top": perf_top}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    if want("chart") && !passes.is_empty() {
+        let closed = |kind: Kind, f: fn(&Pass) -> f64| {
+            (
+                kind.name().to_string(),
+                passes
+                    .iter()
+                    .filter(|p| p.kind == kind.name() && p.paced == 0.0)
+                    .map(|p| (p.channels as f64, f(p)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        chart(
+            &a.out,
+            "e2e-throughput.svg",
+            "throughput against channels (loopback, 2 cores shared)",
+            "calls per second",
+            &[
+                closed(Kind::Unpaid, |p| p.throughput),
+                closed(Kind::Paid, |p| p.throughput),
+            ],
+        );
+        chart(
+            &a.out,
+            "e2e-p99.svg",
+            "p99 latency against channels",
+            "p99 latency, ms",
+            &[
+                closed(Kind::Unpaid, |p| p.p99_us as f64 / 1000.0),
+                closed(Kind::Paid, |p| p.p99_us as f64 / 1000.0),
+            ],
+        );
+    }
+    drop(paid);
+    drop(unpaid);
+
+    if a.engine {
+        for sub in ["throughput", "scale"] {
+            eprintln!("e2e: cargo bench -p paychan-benches --bench engine_load -- {sub}");
+            let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "bench",
+                    "-p",
+                    "paychan-benches",
+                    "--bench",
+                    "engine_load",
+                    "--",
+                    sub,
+                ])
+                .current_dir(workspace())
+                .status();
+        }
+    }
+}
