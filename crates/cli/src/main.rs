@@ -87,6 +87,8 @@ enum Command {
         /// The smallest deposit relayed, in the token's atomic units.
         #[arg(long, default_value_t = paychan_facilitator::DEFAULT_MIN_DEPOSIT)]
         min_deposit: u128,
+        #[command(flatten)]
+        tls: Box<TlsFiles>,
     },
     /// A local HTTP proxy that pays: point an agent's base URL at it; each request goes to the
     /// one --upstream, paid over x402 batch-settlement, and the answer streams back unchanged.
@@ -537,6 +539,18 @@ async fn dev(a: DevArgs) -> Result<()> {
     result
 }
 
+/// `--tls-cert-file` and `--tls-key-file`.
+#[derive(clap::Args, Debug)]
+struct TlsFiles {
+    /// Serve TLS with this PEM certificate chain (with --tls-key-file). Default: plaintext,
+    /// for loopback or a TLS proxy in front.
+    #[arg(long, value_name = "PATH", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file (an owner-only file).
+    #[arg(long, value_name = "PATH", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+}
+
 struct FacilitatorArgs {
     rpc_url: String,
     chain_id: u64,
@@ -548,6 +562,7 @@ struct FacilitatorArgs {
     token_file: Option<PathBuf>,
     deposit_receivers: Vec<alloy_primitives::Address>,
     min_deposit: u128,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 async fn facilitator(a: FacilitatorArgs) -> Result<()> {
@@ -585,6 +600,11 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
         .unwrap_or_else(|| a.data_dir.join("facilitator.token"));
     let token = paychan_service::BearerToken::load_or_create(&token_file)
         .with_context(|| format!("the bearer token file {}", token_file.display()))?;
+    let mut options = paychan_facilitator::HttpOptions::new(token);
+    if let Some((cert, key)) = &a.tls {
+        options.limits.tls =
+            Some(paychan_service::Tls::from_pem_files(cert, key).context("the facilitator's TLS")?);
+    }
     let fcfg = paychan_facilitator::FacilitatorConfig {
         deposit_receivers: a.deposit_receivers,
         min_deposit: a.min_deposit,
@@ -603,16 +623,11 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
                 "event": "listening",
                 "addr": addr.to_string(),
                 "token_file": token_file.display().to_string(),
+                "tls": a.tls.is_some(),
             })
         );
     }
-    paychan_facilitator::serve_with(
-        listener,
-        f,
-        paychan_facilitator::HttpOptions::new(token),
-        shutdown_signal(),
-    )
-    .await?;
+    paychan_facilitator::serve_with(listener, f, options, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -653,6 +668,7 @@ async fn main() {
             token_file,
             deposit_receivers,
             min_deposit,
+            tls,
         } => {
             facilitator(FacilitatorArgs {
                 rpc_url,
@@ -665,6 +681,7 @@ async fn main() {
                 token_file,
                 deposit_receivers,
                 min_deposit,
+                tls: tls.tls_cert_file.zip(tls.tls_key_file),
             })
             .await
         }

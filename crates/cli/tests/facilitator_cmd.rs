@@ -154,3 +154,57 @@ async fn a_token_file_others_can_read_is_refused_at_start() {
     assert!(err.contains("chmod 600"), "{err}");
     assert!(!err.contains(&"a".repeat(64)), "the token leaked: {err}");
 }
+
+#[tokio::test]
+async fn with_tls_the_facilitator_refuses_plaintext_and_bad_key_files() {
+    use std::io::{Read, Write};
+    let chain = DevChain::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+
+    // the certificate without its key is a usage error
+    let mut c = command(&chain, dir.path());
+    c.arg("--tls-cert-file").arg(&cert);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // a key file others may read is refused at start, naming it
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = command(&chain, dir.path());
+    c.arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    // with TLS it serves, and plaintext HTTP gets no HTTP answer
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut c = command(&chain, dir.path());
+    c.arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key);
+    let (_p, listening) = start(c);
+    assert_eq!(listening["tls"], true);
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /supported HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+}
