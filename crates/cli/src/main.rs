@@ -34,6 +34,10 @@ struct Cli {
     /// Log filter (e.g. `info`, `paychan_engine=debug`); also `RUST_LOG`.
     #[arg(long, global = true, env = "PAYCHAN_LOG", default_value = "info")]
     log: String,
+    /// Log line format on stderr: `text` (for people) or `json` (one object a line, for log
+    /// pipelines).
+    #[arg(long, global = true, env = "PAYCHAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,13 +147,25 @@ struct DevArgs {
     claim_every_secs: u64,
 }
 
-fn init_logging(filter: &str) {
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
@@ -640,7 +656,7 @@ fn tempfile_dir() -> Result<PathBuf> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Serve { config, listen } => match Config::load(&config) {
             Ok(mut cfg) => {

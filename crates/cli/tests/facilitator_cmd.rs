@@ -208,3 +208,29 @@ async fn with_tls_the_facilitator_refuses_plaintext_and_bad_key_files() {
     .unwrap();
     assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_a_line() {
+    use std::io::Read;
+    let chain = DevChain::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = command(&chain, dir.path());
+    c.args(["--log-format", "json"]).env("PAYCHAN_LOG", "info");
+    let (mut p, _) = start(c);
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+    let mut err = String::new();
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bearer token"))
+            && l["level"] == "INFO"),
+        "{err}"
+    );
+}
