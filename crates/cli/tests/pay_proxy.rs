@@ -10,6 +10,8 @@
 mod pay_support;
 mod support;
 
+use support::{canary, raw};
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -22,11 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use pay_support::{PRICE, Stack, start_pay_proxy, write_secret};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Notify,
-};
+use tokio::{net::TcpListener, sync::Notify};
 
 /// What the mock upstream saw: method, target, headers.
 type Seen = Arc<Mutex<Vec<(String, String, HeaderMap)>>>;
@@ -98,38 +96,6 @@ async fn mock_upstream(go: Arc<Notify>) -> (String, Seen) {
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, seen)
-}
-
-/// A listener that only counts connections.
-async fn canary() -> (String, Arc<Mutex<u32>>) {
-    let hits = Arc::new(Mutex::new(0u32));
-    let h = hits.clone();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            *h.lock().unwrap() += 1;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncanary")
-                .await;
-        }
-    });
-    (addr, hits)
-}
-
-/// One raw HTTP/1.1 exchange on a fresh connection: the status code (0 if none) and the text.
-async fn raw(addr: &str, head: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

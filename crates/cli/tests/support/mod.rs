@@ -1,4 +1,5 @@
-//! `paychan serve` as a child process, for the binary's tests.
+//! `paychan serve` as a child process, and the raw-socket helpers the attack tests share, for
+//! the binary's tests.
 
 #![allow(dead_code)]
 
@@ -47,4 +48,40 @@ pub fn start_server(config: &std::path::Path) -> Server {
         addr,
         operator_addr: v["operator_addr"].as_str().map(str::to_owned),
     }
+}
+
+/// A listener that only counts connections (and answers each with a short 200): it stands in
+/// for anything on this machine a request must never reach.
+pub async fn canary() -> (String, std::sync::Arc<std::sync::Mutex<u32>>) {
+    use tokio::io::AsyncWriteExt;
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let h = hits.clone();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            *h.lock().unwrap() += 1;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncanary")
+                .await;
+        }
+    });
+    (addr, hits)
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection: the status code (0 if none came) and the
+/// text, read until the peer closes (at most 10 s).
+pub async fn raw(addr: &str, head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }
