@@ -120,10 +120,14 @@ where
 #[allow(clippy::result_unit_err)]
 pub fn usage_of(json: &[u8]) -> Result<Option<Usage>, ()> {
     let w: WithUsage = serde_json::from_slice(json).map_err(|_| ())?;
-    Ok(w.usage.as_ref().and_then(RawUsage::usage).or_else(|| {
-        w.response
-            .and_then(|r| r.usage.as_ref().and_then(RawUsage::usage))
-    }))
+    Ok(usable(w.usage.as_ref(), w.response.as_ref()))
+}
+
+/// The usable usage of an answer or event: its own, else its `response`'s.
+fn usable(usage: Option<&RawUsage>, response: Option<&Inner>) -> Option<Usage> {
+    usage
+        .and_then(RawUsage::usage)
+        .or_else(|| response.and_then(|r| r.usage.as_ref().and_then(RawUsage::usage)))
 }
 
 /// What the gateway reads from a JSON request body.
@@ -215,12 +219,18 @@ pub struct StreamMeter {
     pub content_chunks: u64,
 }
 
+/// One streamed event's data, read once for both its usage and its content. The nested fields
+/// are lenient, so that one of the wrong shape costs only what it carried.
 #[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
+struct Event {
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<RawUsage>,
+    #[serde(default, deserialize_with = "lenient")]
+    response: Option<Inner>,
+    #[serde(default, deserialize_with = "lenient")]
+    choices: Option<Vec<ChunkChoice>>,
     #[serde(rename = "type")]
-    kind: Option<String>,
+    kind: Option<serde_json::Value>,
     delta: Option<serde_json::Value>,
 }
 
@@ -271,11 +281,11 @@ impl StreamMeter {
         if data == b"[DONE]" {
             return;
         }
-        if let Ok(Some(u)) = usage_of(data) {
-            self.usage = Some(u);
-        }
-        if let Ok(c) = serde_json::from_slice::<Chunk>(data) {
-            let chat = c.choices.iter().any(|ch| {
+        if let Ok(c) = serde_json::from_slice::<Event>(data) {
+            if let Some(u) = usable(c.usage.as_ref(), c.response.as_ref()) {
+                self.usage = Some(u);
+            }
+            let chat = c.choices.iter().flatten().any(|ch| {
                 ch.delta.as_ref().is_some_and(|d| {
                     d.content.as_deref().is_some_and(|s| !s.is_empty())
                         || d.reasoning_content
@@ -284,7 +294,8 @@ impl StreamMeter {
                 }) || ch.text.as_deref().is_some_and(|s| !s.is_empty())
             });
             // the responses API streams `response.output_text.delta` events
-            let responses = c.kind.as_deref() == Some("response.output_text.delta")
+            let responses = c.kind.as_ref().and_then(serde_json::Value::as_str)
+                == Some("response.output_text.delta")
                 && c.delta
                     .as_ref()
                     .and_then(|d| d.as_str())
