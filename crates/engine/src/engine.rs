@@ -213,6 +213,27 @@ impl Ticket {
     pub fn payer(&self) -> Address {
         self.record.config.payer
     }
+
+    /// The charged total this request builds on (its voucher's ceiling less the maximum).
+    pub fn charged(&self) -> u128 {
+        self.reservation.base
+    }
+
+    /// The voucher's ceiling (its signed `maxClaimableAmount`).
+    pub fn ceiling(&self) -> u128 {
+        self.reservation.ceiling
+    }
+
+    /// The channel's balance on chain as of the check (after the deposit the request carried,
+    /// if any).
+    pub fn balance(&self) -> u128 {
+        self.record.onchain.balance
+    }
+
+    /// Whether the request carried a deposit.
+    pub fn deposited(&self) -> bool {
+        self.deposit.is_some()
+    }
 }
 
 /// The record of `id` with `state` as its mirrored chain state: the slot's record brought up to

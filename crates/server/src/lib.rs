@@ -14,25 +14,31 @@
 //! | [`paid`] | the payment middleware, paid routes, 402 responses |
 //! | [`pricing`] | fixed and per-token prices, usage read from OpenAI-style answers and streams |
 //! | `metered` | a streamed answer passed through and charged when it ends |
+//! | [`renew`] | long streams paid chunk by chunk, vouchers posted mid-stream |
+//! | [`PaymentLayer`] | the gate as a tower layer for a provider's own axum app |
 //! | [`proxy`] | streaming reverse proxy to the upstream |
 //! | [`demo`] | a demo upstream (echo chat completions priced per token) |
 
 pub mod demo;
+mod layer;
 mod metered;
 pub mod paid;
 pub mod pricing;
 pub mod proxy;
+pub mod renew;
 pub mod route;
 
 use std::{future::Future, sync::Arc};
 
-use axum::{Json, Router, extract::State, middleware::from_fn_with_state, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use paychan_engine::{Clock, OnchainSource, PaymentFacilitator};
 use paychan_store::Store;
+use tower::Layer;
 
+pub use layer::{PaymentLayer, PaymentService};
 pub use paid::{Charge, PaidOptions, PaidRoute, PaidState};
 pub use paychan_service::Limits;
-pub use pricing::{Fallback, Pricing, TokenPrices};
+pub use pricing::{ChunkTerms, Fallback, Pricing, TokenPrices};
 pub use route::RoutePattern;
 
 /// What serves paid requests after payment.
@@ -93,12 +99,7 @@ where
     };
     // The gate wraps the inner router as a service, so it runs before the inner router routes:
     // the inner router matches the normalised path, never the raw one.
-    let gated = tower::ServiceBuilder::new()
-        .layer(from_fn_with_state(
-            state,
-            paid::paid_middleware::<S, C, F, K>,
-        ))
-        .service(inner);
+    let gated = PaymentLayer::new(state).layer(inner);
     Router::new()
         .route("/_paychan/health", get(health))
         .fallback_service(gated)

@@ -42,6 +42,7 @@ use paychan_store::Store;
 use crate::{
     metered::{Metered, Terms},
     pricing::{Pricing, RequestTerms, request_terms, usage_of},
+    renew::{self, Renewals},
     route::{self, Decision, RoutePattern},
 };
 
@@ -117,6 +118,8 @@ pub struct PaidState<S, C, F, K> {
     patterns: Vec<RoutePattern>,
     /// Free routes, limits.
     pub options: PaidOptions,
+    /// Chunked streams paused for a voucher (when a route is [`Pricing::Chunked`]).
+    renewals: Option<Arc<Renewals>>,
 }
 
 impl<S, C, F, K> PaidState<S, C, F, K> {
@@ -132,11 +135,16 @@ impl<S, C, F, K> PaidState<S, C, F, K> {
         options: PaidOptions,
     ) -> Arc<Self> {
         let patterns = routes.iter().map(PaidRoute::pattern).collect();
+        let renewals = routes
+            .iter()
+            .any(|r| matches!(r.pricing, Pricing::Chunked(_)))
+            .then(|| Arc::new(Renewals::default()));
         Arc::new(Self {
             engine,
             routes,
             patterns,
             options,
+            renewals,
         })
     }
 }
@@ -161,6 +169,9 @@ pub fn payment_required(
     };
     let mut resp = (StatusCode::PAYMENT_REQUIRED, axum::Json(&body)).into_response();
     let h = resp.headers_mut();
+    // A 402 is about this request's payment state (a corrective one carries the channel's
+    // state): no cache may keep it or answer another request with it.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         HeaderName::from_static("payment-required"),
         header_value(&codec::encode(&body)),
@@ -183,7 +194,11 @@ fn expose(h: &mut HeaderMap) {
 }
 
 /// Classifies an undecodable `PAYMENT-SIGNATURE` with the most specific code.
-fn classify_decode_error(header: &str, max: usize, err: &codec::CodecError) -> Rejection {
+pub(crate) fn classify_decode_error(
+    header: &str,
+    max: usize,
+    err: &codec::CodecError,
+) -> Rejection {
     if let Ok(probe) = codec::decode_limited::<VersionProbe>(header, max)
         && probe.x402_version != X402_VERSION
     {
@@ -209,7 +224,7 @@ fn classify_decode_error(header: &str, max: usize, err: &codec::CodecError) -> R
     )
 }
 
-fn decline_response(
+pub(crate) fn decline_response(
     d: Decline,
     offer: &BatchRequirements,
     resource: ResourceInfo,
@@ -222,7 +237,7 @@ fn decline_response(
 }
 
 /// A plain JSON error answer (not a payment matter).
-fn plain_error(status: StatusCode, error: &str, message: &str) -> Response {
+pub(crate) fn plain_error(status: StatusCode, error: &str, message: &str) -> Response {
     (
         status,
         axum::Json(serde_json::json!({"error": error, "message": message})),
@@ -262,8 +277,9 @@ enum Paid {
 }
 
 /// The gate in front of everything on the paid port (use with
-/// `axum::middleware::from_fn_with_state`): normalises the request target ([`crate::route`]),
-/// routes it fail-closed, and runs the payment flow for paid routes.
+/// `axum::middleware::from_fn_with_state`, or as [`crate::PaymentLayer`]): normalises the
+/// request target ([`crate::route`]), routes it fail-closed, and runs the payment flow for paid
+/// routes.
 pub async fn paid_middleware<S, C, F, K>(
     State(st): State<Arc<PaidState<S, C, F, K>>>,
     req: Request,
@@ -274,6 +290,23 @@ where
     C: OnchainSource,
     F: PaymentFacilitator,
     K: Clock,
+{
+    gate(&st, req, |r| next.run(r)).await
+}
+
+/// [`paid_middleware`] with the inner service as a function: `inner` runs at most once, on the
+/// normalised request of a free route or of a paid request whose payment was accepted.
+pub(crate) async fn gate<S, C, F, K, Fut>(
+    st: &Arc<PaidState<S, C, F, K>>,
+    req: Request,
+    inner: impl FnOnce(Request) -> Fut,
+) -> Response
+where
+    S: Store,
+    C: OnchainSource,
+    F: PaymentFacilitator,
+    K: Clock,
+    Fut: std::future::Future<Output = Response>,
 {
     let (mut parts, body) = req.into_parts();
     let drain_limit = st.options.drain_bytes;
@@ -302,6 +335,23 @@ where
             return drain(body, drain_limit, r).await;
         }
     }
+    if let Some(renewals) = &st.renewals
+        && let Some(id) = parts.uri.path().strip_prefix(renew::VOUCHER_PATH)
+    {
+        let r = if parts.method == Method::POST {
+            renew::post(st, renewals, id, &parts.headers).await
+        } else {
+            let mut r = plain_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "vouchers are posted",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        };
+        return drain(body, drain_limit, r).await;
+    }
     let decision = route::decide(
         st.patterns.iter(),
         &st.options.free_routes,
@@ -312,7 +362,7 @@ where
         Decision::Paid(i) => &st.routes[i],
         Decision::Free => {
             return match limit_body(&parts.headers, body, st.options.max_body_bytes) {
-                Ok(body) => next.run(Request::from_parts(parts, body)).await,
+                Ok(body) => inner(Request::from_parts(parts, body)).await,
                 Err(r) => r,
             };
         }
@@ -346,7 +396,7 @@ where
         description: route.description.clone(),
         mime_type: route.mime_type.clone(),
     };
-    let ticket = match pay(&st, route, &parts.headers, resource.clone()).await {
+    let ticket = match pay(st, route, &parts.headers, resource.clone()).await {
         Paid::Serve(t) => t,
         Paid::Answer(r) => return drain(body, drain_limit, r).await,
     };
@@ -354,7 +404,7 @@ where
     parts.headers.remove(codec::PAYMENT_SIGNATURE);
     parts.headers.remove(codec::X_PAYMENT);
     let (body, terms) = match &route.pricing {
-        Pricing::Fixed => (body, RequestTerms::default()),
+        Pricing::Fixed | Pricing::Chunked(_) => (body, RequestTerms::default()),
         Pricing::PerToken(_) => match read_request(&mut parts.headers, body).await {
             Ok(b) => b,
             Err(r) => {
@@ -363,8 +413,8 @@ where
             }
         },
     };
-    let resp = next.run(Request::from_parts(parts, body)).await;
-    settle_response(&st, route, resource, ticket, terms, resp).await
+    let resp = inner(Request::from_parts(parts, body)).await;
+    settle_response(st, route, resource, ticket, terms, resp).await
 }
 
 /// A per-token route's request body, read whole (it is already under the body cap): its terms,
@@ -508,6 +558,27 @@ where
         st.engine.abort(ticket);
         return resp;
     }
+    if let Pricing::Chunked(chunks) = &route.pricing
+        && is_event_stream(resp.headers())
+        && let Some(renewals) = &st.renewals
+    {
+        // A chunked stream: the upstream's own price header does not apply (chunks do).
+        resp.headers_mut().remove(CHARGE_HEADER);
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("payment-response"),
+        );
+        expose(&mut parts.headers);
+        let ctx = renew::Ctx {
+            engine: st.engine.clone(),
+            offer: route.offer.clone(),
+            terms: *chunks,
+            renewals: renewals.clone(),
+        };
+        return Response::from_parts(parts, renew::stream(body, ctx, ticket));
+    }
     let max = ticket.max_charge();
     let asked = resp.extensions().get::<Charge>().map(|c| c.0).or_else(|| {
         resp.headers()
@@ -523,7 +594,8 @@ where
             max
         }
         (Some(p), _) => p,
-        (None, Pricing::Fixed) => max,
+        // A chunked route's answer that is not a stream costs the chunk its voucher paid.
+        (None, Pricing::Fixed | Pricing::Chunked(_)) => max,
         (None, Pricing::PerToken(prices)) => {
             if is_event_stream(resp.headers()) {
                 let (mut parts, body) = resp.into_parts();

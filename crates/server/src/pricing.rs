@@ -33,6 +33,33 @@ pub enum Pricing {
     Fixed,
     /// From the answer's token usage; charged when the answer is complete.
     PerToken(TokenPrices),
+    /// By chunks of a streamed answer, the offer's `amount` a chunk, each chunk paid by a voucher
+    /// of its own that the client posts mid-stream (the long-stream mode, [`crate::renew`]).
+    Chunked(ChunkTerms),
+}
+
+/// How a streamed answer is cut into paid chunks. The price of a chunk is the route's offer
+/// `amount` (what one voucher reserves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkTerms {
+    /// Units (tokens) in a chunk: content-bearing events of an OpenAI-style stream, or every
+    /// data event of any other event stream ([`StreamMeter::units`]).
+    pub tokens: u64,
+    /// How long a paused stream waits for the next chunk's voucher, seconds.
+    pub voucher_wait_secs: u64,
+}
+
+impl ChunkTerms {
+    /// The charge for `units` of a chunk priced `chunk_price`: the whole price for a full chunk,
+    /// else prorated and rounded down (the payer never pays for a unit it did not get).
+    pub fn prorate(&self, chunk_price: u128, units: u64) -> u128 {
+        if units >= self.tokens {
+            return chunk_price;
+        }
+        // units < tokens, so the quotient is below chunk_price; saturating only guards the
+        // product against a chunk price near u128::MAX.
+        chunk_price.saturating_mul(u128::from(units)) / u128::from(self.tokens.max(1))
+    }
 }
 
 /// Per-token prices, atomic units of the token.
@@ -217,6 +244,10 @@ pub struct StreamMeter {
     pub usage: Option<Usage>,
     /// Events whose data carried generated content.
     pub content_chunks: u64,
+    /// Events of another shape than OpenAI's (see [`StreamMeter::units`]).
+    pub other_events: u64,
+    /// The event being read had data of another shape than OpenAI's.
+    other_in_event: bool,
 }
 
 /// One streamed event's data, read once for both its usage and its content. The nested fields
@@ -232,6 +263,27 @@ struct Event {
     #[serde(rename = "type")]
     kind: Option<serde_json::Value>,
     delta: Option<serde_json::Value>,
+    object: Option<serde_json::Value>,
+}
+
+impl Event {
+    /// An OpenAI-style event (chat or completions chunk, responses API event, or a usage-only
+    /// chunk), as opposed to any other JSON.
+    fn is_openai(&self) -> bool {
+        self.choices.is_some()
+            || self.usage.is_some()
+            || self.response.is_some()
+            || self
+                .object
+                .as_ref()
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|o| o.starts_with("chat.completion") || o == "text_completion")
+            || self
+                .kind
+                .as_ref()
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|k| k.starts_with("response."))
+    }
 }
 
 #[derive(Deserialize)]
@@ -259,6 +311,9 @@ impl StreamMeter {
                 let line = std::mem::take(&mut self.line);
                 self.line_done(&line);
                 self.line = line;
+            } else {
+                // An overlong line carries something: in a chunked stream it is a unit.
+                self.other_in_event = true;
             }
             self.line.clear();
             self.overlong = false;
@@ -272,8 +327,31 @@ impl StreamMeter {
         }
     }
 
+    /// Units delivered, for chunked pricing: content-bearing events of an OpenAI-style stream
+    /// (a chat, completions or responses chunk that carries no content, such as the usage
+    /// chunk, is free), plus every event of any other shape that carries data (a stream that is
+    /// not OpenAI's is counted by its events, so that it is never free), never `[DONE]`.
+    pub fn units(&self) -> u64 {
+        self.content_chunks.saturating_add(self.other_events)
+    }
+
+    /// Ends the stream: an event the upstream did not close with a blank line still counts.
+    pub fn finish(&mut self) {
+        if !self.line.is_empty() && !self.overlong {
+            let line = std::mem::take(&mut self.line);
+            self.line_done(&line);
+        }
+        self.line_done(b"");
+    }
+
     fn line_done(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if std::mem::take(&mut self.other_in_event) {
+                self.other_events += 1;
+            }
+            return;
+        }
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
@@ -281,28 +359,34 @@ impl StreamMeter {
         if data == b"[DONE]" {
             return;
         }
-        if let Ok(c) = serde_json::from_slice::<Event>(data) {
-            if let Some(u) = usable(c.usage.as_ref(), c.response.as_ref()) {
-                self.usage = Some(u);
-            }
-            let chat = c.choices.iter().flatten().any(|ch| {
-                ch.delta.as_ref().is_some_and(|d| {
-                    d.content.as_deref().is_some_and(|s| !s.is_empty())
-                        || d.reasoning_content
-                            .as_deref()
-                            .is_some_and(|s| !s.is_empty())
-                }) || ch.text.as_deref().is_some_and(|s| !s.is_empty())
-            });
-            // the responses API streams `response.output_text.delta` events
-            let responses = c.kind.as_ref().and_then(serde_json::Value::as_str)
-                == Some("response.output_text.delta")
-                && c.delta
-                    .as_ref()
-                    .and_then(|d| d.as_str())
-                    .is_some_and(|s| !s.is_empty());
-            if chat || responses {
-                self.content_chunks += 1;
-            }
+        let Ok(c) = serde_json::from_slice::<Event>(data) else {
+            self.other_in_event = true;
+            return;
+        };
+        if !c.is_openai() {
+            self.other_in_event = true;
+            return;
+        }
+        if let Some(u) = usable(c.usage.as_ref(), c.response.as_ref()) {
+            self.usage = Some(u);
+        }
+        let chat = c.choices.iter().flatten().any(|ch| {
+            ch.delta.as_ref().is_some_and(|d| {
+                d.content.as_deref().is_some_and(|s| !s.is_empty())
+                    || d.reasoning_content
+                        .as_deref()
+                        .is_some_and(|s| !s.is_empty())
+            }) || ch.text.as_deref().is_some_and(|s| !s.is_empty())
+        });
+        // the responses API streams `response.output_text.delta` events
+        let responses = c.kind.as_ref().and_then(serde_json::Value::as_str)
+            == Some("response.output_text.delta")
+            && c.delta
+                .as_ref()
+                .and_then(|d| d.as_str())
+                .is_some_and(|s| !s.is_empty());
+        if chat || responses {
+            self.content_chunks += 1;
         }
     }
 }
@@ -511,5 +595,47 @@ mod tests {
         m.feed(&vec![b'x'; StreamMeter::MAX_LINE + 10]);
         m.feed(b"\ndata: {\"choices\":[{\"text\":\"t\"}]}\n");
         assert_eq!(m.content_chunks, 1);
+    }
+
+    #[test]
+    fn units_count_openai_content_and_every_other_event_never_done() {
+        let mut m = StreamMeter::default();
+        // OpenAI chunks: only those with content count; the usage chunk and role chunk are free
+        m.feed(b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n");
+        m.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+        m.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n",
+        );
+        assert_eq!(m.units(), 1);
+        // another shape: every event with data is a unit, however many data lines it has
+        m.feed(b"event: data\ndata: {\"token\":\"x\",\"index\":0}\n\n");
+        m.feed(b"data: plain text\ndata: more\n\n");
+        m.feed(b": comment only\n\n");
+        m.feed(b"data: [DONE]\n\n");
+        assert_eq!(m.units(), 3);
+        // an overlong line is a unit, not a free pass
+        m.feed(b"data: ");
+        m.feed(&vec![b'x'; StreamMeter::MAX_LINE + 1]);
+        m.feed(b"\n\n");
+        assert_eq!(m.units(), 4);
+        // an event the stream ends without closing still counts
+        m.feed(b"data: {\"token\":\"y\"}");
+        assert_eq!(m.units(), 4);
+        m.finish();
+        assert_eq!(m.units(), 5);
+    }
+
+    #[test]
+    fn a_partial_chunk_is_prorated_down_and_a_full_one_is_the_price() {
+        let t = ChunkTerms {
+            tokens: 100,
+            voucher_wait_secs: 30,
+        };
+        assert_eq!(t.prorate(1_000, 100), 1_000);
+        assert_eq!(t.prorate(1_000, 250), 1_000);
+        assert_eq!(t.prorate(1_000, 37), 370);
+        assert_eq!(t.prorate(999, 1), 9); // 9.99 rounds down
+        assert_eq!(t.prorate(1_000, 0), 0);
+        assert_eq!(t.prorate(u128::MAX, 99), u128::MAX / 100);
     }
 }

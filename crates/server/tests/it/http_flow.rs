@@ -43,6 +43,8 @@ async fn unpaid_requests_get_the_offer_and_free_routes_stay_free() {
         .await
         .unwrap();
     assert_eq!(r.status(), 402);
+    // a 402 is this request's payment state: never cached
+    assert_eq!(r.headers()["cache-control"], "no-store");
     let pr = required(&r);
     assert_eq!(pr.x402_version, 2);
     assert!(pr.error.is_none());
@@ -206,6 +208,7 @@ async fn bad_payment_headers_get_clear_codes() {
     let h = s.voucher_header(&mut pc, &payer);
     assert_eq!(send(h.clone()).await.unwrap().status(), 200);
     let r = send(h).await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
     let pr = required(&r);
     assert_eq!(
         pr.error.as_deref(),

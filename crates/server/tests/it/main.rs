@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
+mod chunked;
 mod http_flow;
 mod per_token;
 mod support;
