@@ -11,3 +11,4 @@ mod node;
 mod reference_client;
 mod reference_server;
 mod reference_stack;
+mod reference_streaming;

@@ -285,6 +285,18 @@ pub(crate) struct RouteSection {
     pub(crate) description: Option<String>,
     /// Price per token from the answer's `usage`, within `price` (the maximum).
     pub(crate) per_token: Option<PerTokenSection>,
+    /// Streams paid chunk by chunk, `price` a chunk, a voucher per chunk posted mid-stream.
+    pub(crate) per_chunk: Option<PerChunkSection>,
+}
+
+/// `per_chunk = { tokens = …, voucher_wait_secs = … }` of a `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PerChunkSection {
+    /// Units (tokens) a chunk.
+    pub(crate) tokens: u64,
+    /// How long a paused stream waits for the next voucher (default 30).
+    pub(crate) voucher_wait_secs: Option<u64>,
 }
 
 /// `per_token = { input = …, output = …, fixed = …, fallback = … }` of a `[[route]]`.
@@ -465,9 +477,29 @@ fn price(v: &toml::Value, path: &str) -> Result<u128> {
     paychan_core::amount::parse_u128(&s).map_err(|e| anyhow::anyhow!("{path} {s:?}: {e}"))
 }
 
-/// A route's pricing: fixed unless it has `per_token`.
-fn pricing(p: Option<&PerTokenSection>, path: &str) -> Result<paychan_server::Pricing> {
-    use paychan_server::{Fallback, Pricing, TokenPrices};
+/// A route's pricing: fixed unless it has `per_token` or `per_chunk` (not both).
+fn pricing(
+    p: Option<&PerTokenSection>,
+    chunks: Option<&PerChunkSection>,
+    path: &str,
+) -> Result<paychan_server::Pricing> {
+    use paychan_server::{ChunkTerms, Fallback, Pricing, TokenPrices};
+    if let Some(c) = chunks {
+        if p.is_some() {
+            bail!("route {path}: per_token and per_chunk exclude each other");
+        }
+        if c.tokens == 0 {
+            bail!("route {path}: per_chunk.tokens must be at least 1");
+        }
+        let wait = c.voucher_wait_secs.unwrap_or(30);
+        if !(1..=600).contains(&wait) {
+            bail!("route {path}: per_chunk.voucher_wait_secs must be 1 to 600");
+        }
+        return Ok(Pricing::Chunked(ChunkTerms {
+            tokens: c.tokens,
+            voucher_wait_secs: wait,
+        }));
+    }
     let Some(p) = p else {
         return Ok(Pricing::Fixed);
     };
@@ -591,7 +623,7 @@ impl Config {
                     ..template.clone()
                 },
                 r.description.clone(),
-                pricing(r.per_token.as_ref(), &r.path)?,
+                pricing(r.per_token.as_ref(), r.per_chunk.as_ref(), &r.path)?,
             ));
         }
         let free_routes = f
@@ -950,6 +982,40 @@ price = 5000
             with("[settlement]\ninterval_secs = 60").unwrap_err()
         );
         assert!(err.contains("receiver authorizer's key"), "{err}");
+    }
+
+    #[test]
+    fn per_chunk_routes_are_read_and_checked() {
+        let c = parse(&format!(
+            "{GOOD}per_chunk = {{ tokens = 100, voucher_wait_secs = 5 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.routes[0].4,
+            paychan_server::Pricing::Chunked(paychan_server::ChunkTerms {
+                tokens: 100,
+                voucher_wait_secs: 5
+            })
+        );
+        let c = parse(&format!("{GOOD}per_chunk = {{ tokens = 7 }}\n")).unwrap();
+        assert!(
+            matches!(c.routes[0].4, paychan_server::Pricing::Chunked(t) if t.voucher_wait_secs == 30)
+        );
+        for (extra, says) in [
+            ("per_chunk = { tokens = 0 }", "at least 1"),
+            (
+                "per_chunk = { tokens = 5, voucher_wait_secs = 0 }",
+                "1 to 600",
+            ),
+            ("per_chunk = { tokens = 5, chunk = 1 }", "unknown field"),
+            (
+                "per_chunk = { tokens = 5 }\nper_token = { input = 1, output = 1 }",
+                "exclude each other",
+            ),
+        ] {
+            let e = format!("{:#}", parse(&format!("{GOOD}{extra}\n")).unwrap_err());
+            assert!(e.contains(says), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -500,6 +500,7 @@ async fn dev(a: DevArgs) -> Result<()> {
             price: toml::Value::String(price.to_string()),
             description: Some("demo inference".into()),
             per_token: None,
+            per_chunk: None,
         }],
         facilitator: None,
         relay: config::RelaySection::default(),
