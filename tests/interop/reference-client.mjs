@@ -11,6 +11,10 @@
 //   PAYCHAN_PAYER_KEY    the payer's private key (0x + 64 hex)
 //   PAYCHAN_REQUESTS     paid requests (default 5)
 //   PAYCHAN_PRICE        the route's maximum price per request, atomic units (default: the 402's)
+//   PAYCHAN_STREAM       1: send `"stream": true` and read server-sent events. The charge of a
+//                        stream is its PAYMENT-RESPONSE trailer, which fetch cannot read, so the
+//                        client learns it from the corrective 402 of its next payment (one retry
+//                        a call) and "charged" is what the refund leaves: deposit − refunded.
 //
 // Prints one JSON line on stdout: {"ok":true,"channelId",…,"charged","deposited","refunded",…};
 // diagnostics on stderr. Exits non-zero on any failure.
@@ -48,6 +52,7 @@ async function main() {
   const chainId = Number(env('PAYCHAN_CHAIN_ID', /^[0-9]+$/));
   const payer = privateKeyToAccount(env('PAYCHAN_PAYER_KEY', /^0x[0-9a-fA-F]{64}$/));
   const requests = Number(env('PAYCHAN_REQUESTS', /^[0-9]+$/, '5'));
+  const stream = env('PAYCHAN_STREAM', /^[01]$/, '0') === '1';
   // Token and price default to what the server offers in its 402.
   const probe = await timedFetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
   check(probe.status === 402 && probe.headers.get('PAYMENT-REQUIRED'), `unpaid request answered 402 with PAYMENT-REQUIRED`);
@@ -78,13 +83,26 @@ async function main() {
   let channelId;
   for (let i = 0; i < requests; i++) {
     const before = created.length;
-    const body = JSON.stringify({ model: 'paychan-demo', messages: [{ role: 'user', content: `request ${i}: ${'words '.repeat(i * 7)}` }] });
+    const body = JSON.stringify({ model: 'paychan-demo', ...(stream ? { stream: true } : {}), messages: [{ role: 'user', content: `request ${i}: ${'words '.repeat(i * 7)}` }] });
     const res = await payFetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
     const text = await res.text();
     if (res.status !== 200) {
       const pr = res.headers.get('PAYMENT-REQUIRED');
       const detail = pr ? JSON.stringify(decodePaymentRequiredHeader(pr).error ?? null) : '';
       throw new Failure(`request ${i + 1}: status ${res.status} ${detail} ${text.slice(0, 300)}`);
+    }
+    if (stream) {
+      check(res.headers.get('content-type')?.startsWith('text/event-stream') && text.endsWith('data: [DONE]\n\n'), `request ${i + 1}: 200, a whole event stream`);
+      check(!res.headers.get('PAYMENT-RESPONSE') && res.headers.get('trailer')?.toLowerCase() === 'payment-response', `request ${i + 1}: the charge announced as a trailer`);
+      const payloads = created.slice(before);
+      const p = payloads[payloads.length - 1].payload;
+      check(payloads.length <= 2, `request ${i + 1}: ${payloads.length} payment(s) signed`);
+      if (i === 0) {
+        check(p.type === 'deposit', 'request 1: a deposit payload');
+        depositAmount = BigInt(p.deposit.amount);
+        channelId = p.voucher.channelId;
+      }
+      continue;
     }
     const header = res.headers.get('PAYMENT-RESPONSE');
     check(!!header, `request ${i + 1}: 200 with PAYMENT-RESPONSE`);
@@ -113,7 +131,11 @@ async function main() {
   const refund = await clientScheme.refund(url, { fetch: timedFetch });
   check(refund.success === true && /^0x[0-9a-f]{64}$/i.test(refund.transaction), `refund settled in ${refund.transaction}`);
   const refunded = BigInt(refund.amount);
-  check(refunded === depositAmount - charged, `refunded ${refunded} = deposit ${depositAmount} − charged ${charged}`);
+  if (stream) {
+    charged = depositAmount - refunded;
+  } else {
+    check(refunded === depositAmount - charged, `refunded ${refunded} = deposit ${depositAmount} − charged ${charged}`);
+  }
 
   console.log(JSON.stringify({
     ok: true,

@@ -8,6 +8,7 @@ mod devchain;
 mod facilitator_interop;
 mod interop;
 mod node;
+mod paid_server;
 mod reference_client;
 mod reference_server;
 mod reference_stack;

@@ -4,19 +4,16 @@
 //! to `/x402/voucher/{channelId}` renew it, the last chunk of each stream is prorated. Then this
 //! test checks paychan's store and the client's figures agree to the unit.
 
-use std::sync::Arc;
-
 use axum::{Json, Router, body::Body, http::header, response::IntoResponse, routing::post};
-use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
-use paychan_core::{batch::BatchDomain, sig::LocalSigner};
-use paychan_devchain::{DevChain, ESCROW, Role};
-use paychan_engine::{Engine, EngineConfig};
-use paychan_facilitator::{Facilitator, FacilitatorConfig};
-use paychan_server::{ChunkTerms, PaidRoute, PaidState, Pricing, Upstream, app, serve};
-use paychan_store::{SledStore, SledStoreConfig, Store};
+use paychan_devchain::Role;
+use paychan_server::{ChunkTerms, Pricing, Upstream};
+use paychan_store::Store;
 use serde_json::{Value, json};
 
-use crate::node::{amount, field, run_script};
+use crate::{
+    node::{amount, field, run_script},
+    paid_server::PaidServer,
+};
 
 const PRICE: u128 = 10_000;
 const TOKENS: u64 = 10;
@@ -42,55 +39,17 @@ async fn stream(Json(req): Json<Value>) -> axum::response::Response {
 
 #[tokio::test]
 async fn a_client_of_the_reference_streaming_protocol_pays_long_streams_chunk_by_chunk() {
-    let chain = Arc::new(DevChain::start().await.unwrap());
-    let domain = BatchDomain::new(chain.chain_id(), ESCROW);
-    let offer = chain.offer(PRICE);
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(SledStoreConfig::new(dir.path().join("store"))).unwrap();
-    let reader = ChainReader::connect(ChainConfig::dev(chain.rpc_url()))
-        .await
-        .unwrap();
-    let relayer = Relayer::new(
-        reader.clone(),
-        store.clone(),
-        TxKey::from_secret(&chain.account(Role::Relayer).key).unwrap(),
-    );
-    let facilitator = Facilitator::with_config(
-        reader.clone(),
-        relayer,
-        None,
-        FacilitatorConfig {
-            deposit_receivers: vec![offer.pay_to],
-            ..FacilitatorConfig::default()
-        },
-    )
-    .unwrap();
-    let mut ecfg = EngineConfig::new(domain);
-    ecfg.receiver_authorizer =
-        Some(LocalSigner::from_bytes(&chain.account(Role::ReceiverAuthorizer).key).unwrap());
-    let engine = Engine::new(ecfg, store.clone(), reader, facilitator);
-    let routes = vec![PaidRoute {
-        method: None,
-        path: "/llm/stream".into(),
-        offer: offer.clone(),
-        description: Some("a long stream".into()),
-        mime_type: Some("text/event-stream".into()),
-        pricing: Pricing::Chunked(ChunkTerms {
+    let s = PaidServer::start(
+        PRICE,
+        "/llm/stream",
+        Pricing::Chunked(ChunkTerms {
             tokens: TOKENS,
             voucher_wait_secs: 30,
         }),
-    }];
-    let router = app(
-        PaidState::new(engine.clone(), routes),
         Upstream::Router(Router::new().route("/llm/stream", post(stream))),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/llm/stream", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, router, async {
-        let _ = stopped.await;
-    }));
-
+    )
+    .await;
+    let (chain, store, url) = (&s.chain, &s.store, s.url.clone());
     let env = [
         ("PAYCHAN_URL", url),
         ("PAYCHAN_RPC_URL", chain.rpc_url().to_owned()),
@@ -123,6 +82,5 @@ async fn a_client_of_the_reference_streaming_protocol_pays_long_streams_chunk_by
     let rec = store.channel(channel_id).await.unwrap().unwrap();
     assert_eq!(rec.charged, total);
     assert_eq!(rec.onchain.balance, amount(&summary, "deposited"));
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    s.stop().await;
 }
