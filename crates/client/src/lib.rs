@@ -7,6 +7,7 @@
 //! | [`manage`] | cooperative refund, timed withdrawal |
 //! | [`policy`] | [`SpendPolicy`], [`DepositPolicy`]: offer choice, deposit sizing, period budgets (pure) |
 //! | [`channel`] | one channel, its derived salt ([`channel_salt`]), its stored form, [`PoolKey`] |
+//! | `stream` | paid streams: trailers adopted, chunked streams renewed voucher by voucher |
 //! | `pool` | the channel pool: one request per channel, grown on demand, FIFO queue |
 //! | [`middleware`] | [`PayerMiddleware`] for `reqwest-middleware` |
 //! | [`clock`] | [`Clock`], [`SystemClock`] |
@@ -22,6 +23,7 @@ pub mod pay;
 pub mod payer;
 pub mod policy;
 mod pool;
+mod stream;
 mod transport;
 
 pub use channel::{ChannelStatus, PoolKey, channel_salt};

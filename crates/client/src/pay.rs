@@ -44,12 +44,12 @@ use crate::{
 const ERROR_HEADER: &str = "x-paychan-error";
 
 /// What was signed and recorded for one attempt.
-struct Prepared {
-    amount: u128,
-    ceiling: u128,
-    deposit: Option<u128>,
-    window: u64,
-    header: HeaderValue,
+pub(crate) struct Prepared {
+    pub(crate) amount: u128,
+    pub(crate) ceiling: u128,
+    pub(crate) deposit: Option<u128>,
+    pub(crate) window: u64,
+    pub(crate) header: HeaderValue,
 }
 
 /// How an attempt ended, when it did not end the call.
@@ -218,9 +218,22 @@ impl<S: Store> Payer<S> {
             attempt
                 .headers_mut()
                 .insert(codec::PAYMENT_SIGNATURE, prepared.header.clone());
+            // A streamed answer's charge comes as a trailer, sent only to those who take them.
+            attempt
+                .headers_mut()
+                .insert(reqwest::header::TE, HeaderValue::from_static("trailers"));
+            let meta = Request::new(attempt.method().clone(), attempt.url().clone());
             // A transport error leaves the voucher in flight (recorded as pending): the next
             // request on the channel finds out what the server made of it.
             let resp = t.send(attempt).await?;
+            if crate::stream::is_paid_stream(&resp) {
+                let response =
+                    self.paid_stream(lease, terms, prepared, meta, origin.to_owned(), resp);
+                return Ok(PaidResponse {
+                    response,
+                    receipt: None,
+                });
+            }
             let next = match self.outcome(&mut lease, &terms, &prepared, resp).await {
                 Ok(Ok(paid)) => return Ok(paid),
                 Ok(Err(next)) => next,
@@ -344,7 +357,12 @@ impl<S: Store> Payer<S> {
     }
 
     /// Policy checks, then the signed payload, recorded durably before it is returned.
-    async fn prepare(&self, lease: &mut Lease, terms: &Terms, req: &Request) -> Result<Prepared> {
+    pub(crate) async fn prepare(
+        &self,
+        lease: &mut Lease,
+        terms: &Terms,
+        req: &Request,
+    ) -> Result<Prepared> {
         let inner = &self.inner;
         let offer = &terms.chosen.offer;
         let amount = offer.amount;
@@ -448,8 +466,13 @@ impl<S: Store> Payer<S> {
 
     /// Gives back `unused` of an attempt's reservation.
     fn give_back(&self, ch: &mut Channel, p: &Prepared, unused: u128) {
-        lock(&self.inner.budget).release(&ch.meta.origin, unused, p.window);
-        if ch.meta.window == p.window {
+        self.release(ch, unused, p.window);
+    }
+
+    /// Gives back `unused` of a reservation made in budget window `window`.
+    pub(crate) fn release(&self, ch: &mut Channel, unused: u128, window: u64) {
+        lock(&self.inner.budget).release(&ch.meta.origin, unused, window);
+        if ch.meta.window == window {
             ch.meta.window_spent = ch.meta.window_spent.saturating_sub(unused);
         }
     }

@@ -7,4 +7,5 @@ mod limits;
 mod manage;
 mod recovery;
 mod settle;
+mod streams;
 mod support;

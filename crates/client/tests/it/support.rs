@@ -162,6 +162,10 @@ fn upstream() -> Router {
                 }))
             }),
         )
+        // OpenAI-style streams of `n` content chunks: with usage when asked (per-token route),
+        // and plain (chunked route).
+        .route("/stream/chat", post(stream_chat))
+        .route("/long/stream", post(stream_chat))
         .fallback(move |mut req: Request| {
             let demo = demo.clone();
             async move {
@@ -169,6 +173,28 @@ fn upstream() -> Router {
                 demo.oneshot(req).await.into_response()
             }
         })
+}
+
+/// Tokens a chunk of the `/long/*` route.
+pub const CHUNK_TOKENS: u64 = 10;
+
+async fn stream_chat(axum::Json(v): axum::Json<serde_json::Value>) -> Response {
+    let n = v["n"].as_u64().unwrap_or(0);
+    let mut events: Vec<String> = (0..n)
+        .map(|i| serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": format!("c{i}")}}]}).to_string())
+        .collect();
+    if v["stream_options"]["include_usage"] == true {
+        events.push(serde_json::json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": n}}).to_string());
+    }
+    events.push("[DONE]".into());
+    let body = events
+        .into_iter()
+        .map(|e| Ok::<_, std::io::Error>(axum::body::Bytes::from(format!("data: {e}\n\n"))));
+    (
+        [(http::header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(futures_util::stream::iter(body)),
+    )
+        .into_response()
 }
 
 pub type TestEngine = Engine<SledStore, ChainReader, Facilitator<SledStore>>;
@@ -247,6 +273,17 @@ fn spawn_server(
         PaidRoute {
             pricing: paychan_server::Pricing::PerToken(USAGE_PRICES),
             ..route("/usage/*", chain.offer(PRICE))
+        },
+        PaidRoute {
+            pricing: paychan_server::Pricing::PerToken(USAGE_PRICES),
+            ..route("/stream/*", chain.offer(PRICE))
+        },
+        PaidRoute {
+            pricing: paychan_server::Pricing::Chunked(paychan_server::ChunkTerms {
+                tokens: CHUNK_TOKENS,
+                voucher_wait_secs: 10,
+            }),
+            ..route("/long/*", chain.offer(PRICE))
         },
     ];
     let router = app(
