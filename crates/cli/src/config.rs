@@ -337,6 +337,8 @@ pub(crate) struct LimitsSection {
     pub(crate) max_in_flight: Option<usize>,
     /// Largest request body, bytes (default 1048576).
     pub(crate) max_body_bytes: Option<usize>,
+    /// Largest JSON answer read whole to price a per-token route, bytes (default 67108864).
+    pub(crate) max_response_bytes: Option<usize>,
 }
 
 /// A paid route: (method, path, offer, description, pricing).
@@ -375,6 +377,7 @@ pub(crate) struct Config {
     pub(crate) limits: paychan_service::Limits,
     /// Largest request body, bytes.
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_response_bytes: usize,
     /// Freshness bound of mirrored state.
     pub(crate) max_onchain_age: Duration,
     /// Busy wait.
@@ -681,6 +684,11 @@ impl Config {
             paychan_server::PaidOptions::default().max_body_bytes,
             "max_body_bytes",
         )?;
+        let max_response_bytes = positive(
+            l.and_then(|l| l.max_response_bytes),
+            paychan_server::PaidOptions::default().max_response_bytes,
+            "max_response_bytes",
+        )?;
         let demo_price_per_token = match &f.demo_price_per_token {
             Some(s) => paychan_core::amount::parse_u128(s)
                 .map_err(|e| anyhow::anyhow!("demo_price_per_token: {e}"))?,
@@ -828,6 +836,7 @@ impl Config {
             free_routes,
             limits,
             max_body_bytes,
+            max_response_bytes,
             max_onchain_age: Duration::from_secs(f.max_onchain_age_secs.unwrap_or(30)),
             busy_wait: Duration::from_millis(f.busy_wait_ms.unwrap_or(250)),
             withdrawal_guard: Duration::from_secs(f.withdrawal_guard_secs.unwrap_or(360)),
@@ -904,6 +913,7 @@ price = 5000
         assert_eq!(control.listen, "127.0.0.1:9403".parse().unwrap());
         assert!(control.token_file.ends_with("paychan-data/control.token"));
         assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.max_response_bytes, 16 * 1_048_576);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.group_commit_window, Duration::from_millis(4));
         assert_eq!(c.checkpoint_interval, Duration::from_secs(5));

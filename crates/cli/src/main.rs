@@ -355,6 +355,7 @@ async fn run_server(
         PaidOptions {
             free_routes: cfg.free_routes,
             max_body_bytes: cfg.max_body_bytes,
+            max_response_bytes: cfg.max_response_bytes,
             ..PaidOptions::default()
         },
     );
