@@ -47,7 +47,7 @@ use tokio::sync::{OwnedMutexGuard, broadcast};
 use crate::{
     events::EngineEvent,
     limits::{NegativeCache, RateLimit, RateLimiter, ReadGate},
-    metrics::Metrics,
+    metrics::{CheckKind, Metrics},
     slots::{Slot, Slots},
 };
 
@@ -491,7 +491,9 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
     }
 
     fn decline(&self, d: Decline) -> Decline {
-        self.inner.metrics.reject(d.rejection.code.as_str());
+        self.inner.metrics.reject(&d.rejection.code);
+        // The caller's request span, when it has the field (the HTTP server's has).
+        tracing::Span::current().record("code", d.rejection.code.as_str());
         d
     }
 
@@ -661,7 +663,15 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         offer: &BatchRequirements,
     ) -> Result<Begin, Decline> {
         Metrics::inc(&self.inner.metrics.requests);
+        let started = std::time::Instant::now();
         let r = self.begin_inner(p, offer).await;
+        let kind = match &p.payload {
+            BatchPayload::Voucher(_) => CheckKind::Voucher,
+            BatchPayload::Deposit(_) => CheckKind::Deposit,
+            BatchPayload::Refund(_) => CheckKind::Refund,
+            BatchPayload::Claim(_) | BatchPayload::Settle(_) => CheckKind::Other,
+        };
+        self.inner.metrics.check(kind).observe(started.elapsed());
         r.map_err(|d| self.decline(d))
     }
 
@@ -1128,7 +1138,30 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
     ///
     /// Once the write has started it finishes even if this future is dropped: the write and the
     /// in-memory record are updated together by a task that owns the channel's lock.
+    ///
+    /// The charge is recorded as `charge` on the caller's tracing span if it has that field (the
+    /// HTTP server's request span does), and a refusal's x402 code as `code` (also for
+    /// [`Self::begin`]).
     pub async fn commit(
+        &self,
+        ticket: Box<Ticket>,
+        actual: u128,
+    ) -> Result<SettlementResponse, Decline> {
+        let started = std::time::Instant::now();
+        let r = self.commit_inner(ticket, actual).await;
+        self.inner.metrics.commit.observe(started.elapsed());
+        if r.is_ok() {
+            // A number in log lines (a string only above u64).
+            let span = tracing::Span::current();
+            match u64::try_from(actual) {
+                Ok(n) => span.record("charge", n),
+                Err(_) => span.record("charge", tracing::field::display(actual)),
+            };
+        }
+        r
+    }
+
+    async fn commit_inner(
         &self,
         ticket: Box<Ticket>,
         actual: u128,
@@ -1217,6 +1250,7 @@ impl<S: Store, C: OnchainSource, F: PaymentFacilitator, K: Clock> Engine<S, C, F
         Metrics::inc(&self.inner.metrics.committed);
         self.inner.metrics.add_charged(charge.amount);
         if charge.amount > 0 {
+            Metrics::inc(&self.inner.metrics.charges);
             let _ = self.inner.events.send(EngineEvent::Charged {
                 channel_id: charge.channel_id,
                 amount: charge.amount,

@@ -27,7 +27,7 @@ pub mod traits;
 pub use engine::{Begin, Decline, Engine, EngineConfig, Ticket, charged_amount};
 pub use events::EngineEvent;
 pub use limits::RateLimit;
-pub use metrics::Metrics;
+pub use metrics::{CheckKind, Histogram, HistogramSnapshot, LATENCY_BUCKETS, Metrics};
 pub use traits::{
     Clock, NoFacilitator, OnchainSource, PaymentFacilitator, SourceError, SystemClock,
 };
