@@ -296,7 +296,53 @@ where
 
 /// [`paid_middleware`] with the inner service as a function: `inner` runs at most once, on the
 /// normalised request of a free route or of a paid request whose payment was accepted.
+///
+/// Each request runs in a `paid_request` span (target `paychan_server`, level info) that every
+/// log line of the request carries: `method`, then as they become known the normalised `path`,
+/// the paid `route`, the `channel` id, the `outcome` (`unpaid`, `declined`, `refunded`,
+/// `committed`, `streaming`: charged as the stream goes, `aborted`), the x402 `code` of a
+/// refusal, the `charge` (atomic units) and the response `status`; a debug line ends it. Never a
+/// payment header, a signature or a key.
 pub(crate) async fn gate<S, C, F, K, Fut>(
+    st: &Arc<PaidState<S, C, F, K>>,
+    req: Request,
+    inner: impl FnOnce(Request) -> Fut,
+) -> Response
+where
+    S: Store,
+    C: OnchainSource,
+    F: PaymentFacilitator,
+    K: Clock,
+    Fut: std::future::Future<Output = Response>,
+{
+    use tracing::{Instrument, field::Empty};
+    let span = tracing::info_span!(target: "paychan_server", "paid_request", method = %req.method(),
+        path = Empty, route = Empty, channel = Empty, outcome = Empty, code = Empty, charge = Empty,
+        status = Empty);
+    let resp = gate_inner(st, req, inner).instrument(span.clone()).await;
+    span.record("status", resp.status().as_u16());
+    span.in_scope(|| tracing::debug!(target: "paychan_server", "request done"));
+    resp
+}
+
+/// What became of a served paid request, from its answer (for the request span).
+fn served_outcome(resp: &Response) -> &'static str {
+    let h = resp.headers();
+    if h.contains_key("payment-response") {
+        "committed"
+    } else if h
+        .get(header::TRAILER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"payment-response"))
+    {
+        "streaming"
+    } else if h.contains_key("payment-required") {
+        "declined"
+    } else {
+        "aborted"
+    }
+}
+
+async fn gate_inner<S, C, F, K, Fut>(
     st: &Arc<PaidState<S, C, F, K>>,
     req: Request,
     inner: impl FnOnce(Request) -> Fut,
@@ -352,6 +398,7 @@ where
         };
         return drain(body, drain_limit, r).await;
     }
+    tracing::Span::current().record("path", parts.uri.path());
     let decision = route::decide(
         st.patterns.iter(),
         &st.options.free_routes,
@@ -359,7 +406,10 @@ where
         parts.uri.path(),
     );
     let route = match decision {
-        Decision::Paid(i) => &st.routes[i],
+        Decision::Paid(i) => {
+            tracing::Span::current().record("route", st.routes[i].path.as_str());
+            &st.routes[i]
+        }
         Decision::Free => {
             return match limit_body(&parts.headers, body, st.options.max_body_bytes) {
                 Ok(body) => inner(Request::from_parts(parts, body)).await,
@@ -409,12 +459,20 @@ where
             Ok(b) => b,
             Err(r) => {
                 st.engine.abort(ticket);
+                tracing::Span::current().record("outcome", "aborted");
                 return r;
             }
         },
     };
+    let upstream_started = std::time::Instant::now();
     let resp = inner(Request::from_parts(parts, body)).await;
-    settle_response(st, route, resource, ticket, terms, resp).await
+    st.engine
+        .metrics()
+        .upstream
+        .observe(upstream_started.elapsed());
+    let resp = settle_response(st, route, resource, ticket, terms, resp).await;
+    tracing::Span::current().record("outcome", served_outcome(&resp));
+    resp
 }
 
 /// A per-token route's request body, read whole (it is already under the body cap): its terms,
@@ -496,31 +554,42 @@ where
     K: Clock,
 {
     let offer = &route.offer;
+    let span = tracing::Span::current();
+    // A refusal before the engine: counted and logged like the engine's own.
+    let refuse = |r: Rejection, resource| {
+        st.engine.metrics().reject(&r.code);
+        span.record("outcome", "declined");
+        span.record("code", r.code.as_str());
+        Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource))
+    };
     let Some(raw) = headers.get(codec::PAYMENT_SIGNATURE) else {
         if headers.contains_key(codec::X_PAYMENT) {
             let r = Rejection::new(
                 ErrorCode::InvalidX402Version,
                 "X-PAYMENT is x402 v1; batch-settlement needs x402 v2 (PAYMENT-SIGNATURE)",
             );
-            return Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource));
+            return refuse(r, resource);
         }
+        paychan_engine::Metrics::inc(&st.engine.metrics().unpaid);
+        span.record("outcome", "unpaid");
         return Paid::Answer(payment_required(None, offer.to_generic(), resource));
     };
     let Ok(raw) = raw.to_str() else {
         let r = Rejection::new(ErrorCode::InvalidPayload, "PAYMENT-SIGNATURE is not ASCII");
-        return Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource));
+        return refuse(r, resource);
     };
     let max = st.options.max_header_bytes;
     let payload: PaymentPayload<BatchPayload> = match codec::decode_limited(raw, max) {
         Ok(p) => p,
-        Err(e) => {
-            let r = classify_decode_error(raw, max, &e);
-            return Paid::Answer(payment_required(Some(&r), offer.to_generic(), resource));
-        }
+        Err(e) => return refuse(classify_decode_error(raw, max, &e), resource),
     };
+    if let Some((_, v)) = payload.payload.channel_and_voucher() {
+        span.record("channel", tracing::field::display(v.channel_id));
+    }
     match st.engine.begin(&payload, offer).await {
         Ok(Begin::Serve(t)) => Paid::Serve(t),
         Ok(Begin::Done(settlement)) => {
+            span.record("outcome", "refunded");
             let body = serde_json::json!({"message": "Refund acknowledged", "transaction": settlement.transaction});
             let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
             resp.headers_mut().insert(
@@ -530,12 +599,15 @@ where
             expose(resp.headers_mut());
             Paid::Answer(resp)
         }
-        Err(d) => Paid::Answer(decline_response(
-            d,
-            offer,
-            resource,
-            StatusCode::PAYMENT_REQUIRED,
-        )),
+        Err(d) => {
+            span.record("outcome", "declined");
+            Paid::Answer(decline_response(
+                d,
+                offer,
+                resource,
+                StatusCode::PAYMENT_REQUIRED,
+            ))
+        }
     }
 }
 

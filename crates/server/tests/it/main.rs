@@ -4,5 +4,6 @@
 
 mod chunked;
 mod http_flow;
+mod observability;
 mod per_token;
 mod support;

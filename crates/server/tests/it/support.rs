@@ -11,13 +11,15 @@ use paychan_core::{
 };
 use paychan_devchain::{DevChain, ESCROW};
 use paychan_engine::{Engine, EngineConfig, NoFacilitator};
-use paychan_server::{PaidRoute, PaidState, Upstream, app, serve};
+use paychan_server::{PaidRoute, PaidState, Upstream, app, operator_app, serve};
 use paychan_store::{SledStore, SledStoreConfig};
 
 pub const PRICE: u128 = 5_000;
 
 pub struct Server {
     pub url: String,
+    /// The operator listener (`/metrics`, `/health`).
+    pub operator_url: String,
     pub chain: Arc<DevChain>,
     pub domain: BatchDomain,
     pub offer: BatchRequirements,
@@ -25,6 +27,8 @@ pub struct Server {
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    operator_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    operator_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -54,7 +58,18 @@ impl Server {
             mime_type: Some("application/json".into()),
             pricing,
         }];
-        let router = app(PaidState::new(engine.clone(), routes), upstream());
+        let state = PaidState::new(engine.clone(), routes);
+        let router = app(state.clone(), upstream());
+        let op_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let operator_url = format!("http://{}", op_listener.local_addr().unwrap());
+        let (operator_stop, operator_stopped) = tokio::sync::oneshot::channel::<()>();
+        let operator_task = tokio::spawn(async move {
+            serve(op_listener, operator_app(state), async {
+                let _ = operator_stopped.await;
+            })
+            .await
+            .unwrap();
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -67,6 +82,7 @@ impl Server {
         });
         Self {
             url,
+            operator_url,
             chain,
             domain,
             offer,
@@ -74,6 +90,8 @@ impl Server {
             _dir: dir,
             stop: Some(stop),
             task: Some(task),
+            operator_stop: Some(operator_stop),
+            operator_task: Some(operator_task),
         }
     }
 
@@ -102,6 +120,12 @@ impl Server {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        if let Some(s) = self.operator_stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.operator_task.take() {
             t.await.unwrap();
         }
     }
