@@ -324,6 +324,16 @@ impl ChainReader {
         DevStablecoin::authorizationStateCall::abi_decode_returns(&ret).map_err(|e| bad(CALL, e))
     }
 
+    /// The native (gas) balance of `who` at the latest block, wei.
+    pub async fn native_balance(&self, who: Address) -> Result<U256> {
+        self.rpc()
+            .run(
+                "eth_getBalance",
+                |p| async move { p.get_balance(who).await },
+            )
+            .await
+    }
+
     /// The sender's transaction count at the latest block (its next nonce once everything
     /// pending is mined).
     pub async fn nonce_latest(&self, who: Address) -> Result<u64> {

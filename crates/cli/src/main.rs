@@ -168,6 +168,57 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
+/// The relayers' gas balances, read from the chain every [`Self::EVERY`] by a background task
+/// and kept for the operator's `/metrics`.
+struct RelayerBalances {
+    latest: Arc<std::sync::Mutex<Vec<(alloy_primitives::Address, u128)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RelayerBalances {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn start(reader: ChainReader, addresses: Vec<alloy_primitives::Address>) -> Self {
+        let latest = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = latest.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Self::EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut read = Vec::with_capacity(addresses.len());
+                for a in &addresses {
+                    match reader.native_balance(*a).await {
+                        Ok(wei) => read.push((*a, u128::try_from(wei).unwrap_or(u128::MAX))),
+                        Err(e) => {
+                            tracing::debug!(target: "paychan", relayer = %a, error = %e, "reading the relayer's balance")
+                        }
+                    }
+                }
+                if let Ok(mut l) = out.lock() {
+                    // A relayer whose read failed keeps its last value.
+                    for (a, wei) in read {
+                        match l.iter_mut().find(|(b, _)| *b == a) {
+                            Some(slot) => slot.1 = wei,
+                            None => l.push((a, wei)),
+                        }
+                    }
+                }
+            }
+        });
+        Self { latest, task }
+    }
+
+    fn reader(&self) -> paychan_server::prom::BalancesFn {
+        let l = self.latest.clone();
+        Arc::new(move || l.lock().map(|v| v.clone()).unwrap_or_default())
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -299,6 +350,12 @@ async fn run_server(
     let minute = std::time::Duration::from_secs(60);
     ecfg.deposit_rate = paychan_engine::RateLimit::new(cfg.deposits_per_minute, minute);
     ecfg.refund_rate = paychan_engine::RateLimit::new(cfg.refunds_per_minute, minute);
+    // The relayers' gas balances for the operator's `/metrics`: read in the background, so a
+    // scrape never waits for the chain.
+    let relayer_balances = (!relayers.is_empty()).then(|| {
+        let addresses: Vec<_> = relayers.iter().map(|r| r.address()).collect();
+        RelayerBalances::start(reader.clone(), addresses)
+    });
     let engine = Engine::new(ecfg, store, reader, facilitator);
     let settler = match (cfg.settlement, settle_relayer, &cfg.receiver_authorizer) {
         (Some(s), Some(relayer), Some(authorizer)) => Some(
@@ -376,7 +433,14 @@ async fn run_server(
                 .await
                 .with_context(|| format!("binding the operator listener {a}"))?;
             let op_addr = l.local_addr()?;
-            let op_app = paychan_server::operator_app(state);
+            let sources = paychan_server::OperatorSources {
+                settlement_backlog: settler.clone().map(|s| {
+                    let f: paychan_server::prom::BacklogFn = Arc::new(move || s.outstanding());
+                    f
+                }),
+                relayer_balances: relayer_balances.as_ref().map(RelayerBalances::reader),
+            };
+            let op_app = paychan_server::operator_app_with(state, sources);
             let task = tokio::spawn(serve_with(l, op_app, Limits::default(), async move {
                 let _ = operator_stopped.await;
             }));
@@ -423,6 +487,9 @@ async fn run_server(
     }
     if let Some(c) = control {
         c.stop().await;
+    }
+    if let Some(b) = relayer_balances {
+        b.stop();
     }
     let _ = stop_settler.send(());
     if let Some(t) = settler_task {

@@ -366,7 +366,7 @@ method = "GET"
 
     // Operational data is on the operator listener only.
     let op = server.operator_addr.clone().expect("operator listener");
-    let m: serde_json::Value = reqwest::get(format!("http://{op}/metrics"))
+    let m: serde_json::Value = reqwest::get(format!("http://{op}/metrics.json"))
         .await
         .unwrap()
         .json()

@@ -79,10 +79,10 @@ price = "{PRICE}"
         Self { chain, dir, server }
     }
 
-    /// The server's `/metrics` (operator port).
+    /// The server's `/metrics.json` (operator port).
     pub async fn metrics(&self) -> serde_json::Value {
         let op = self.server.operator_addr.as_deref().unwrap();
-        reqwest::get(format!("http://{op}/metrics"))
+        reqwest::get(format!("http://{op}/metrics.json"))
             .await
             .unwrap()
             .json()
@@ -90,7 +90,7 @@ price = "{PRICE}"
             .unwrap()
     }
 
-    /// Everything the server has charged, from `/metrics`.
+    /// Everything the server has charged, from `/metrics.json`.
     pub async fn charged_total(&self) -> u128 {
         let m = self.metrics().await;
         m["chargedTotal"].as_str().unwrap().parse().unwrap()
