@@ -294,7 +294,12 @@ where
         total: 0,
         last: None,
     };
-    tokio::spawn(run.run(upstream));
+    // The stream's own log lines stay in the request's span (its channel id), which outlives
+    // the response head.
+    tokio::spawn(tracing::Instrument::instrument(
+        run.run(upstream),
+        tracing::Span::current(),
+    ));
     Body::new(RxBody(rx))
 }
 
@@ -580,6 +585,7 @@ where
                 .await;
             return;
         }
+        tracing::info!(target: "paychan_server", channel = %self.id, charge = %self.total, units = self.meter.units(), "chunked stream done");
         let Some(last) = self.last.take() else {
             return;
         };
