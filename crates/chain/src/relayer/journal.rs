@@ -101,6 +101,33 @@ pub(super) struct ActionRecord {
     pub(super) bumps: u32,
 }
 
+impl ActionRecord {
+    /// The record of an action `from` sends in `call`, serving journal entries `ids`, not
+    /// signed yet.
+    pub(super) fn prepared(
+        what: &str,
+        from: Address,
+        ids: Vec<u64>,
+        call: &TxCall,
+        check: ReplayCheck,
+    ) -> Self {
+        Self {
+            what: what.to_owned(),
+            from,
+            ids,
+            to: call.to,
+            data: call.data.clone(),
+            check,
+            nonce: None,
+            gas_limit: 0,
+            attempts: Vec::new(),
+            prior_hashes: Vec::new(),
+            raw: None,
+            bumps: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "camelCase")]
 pub(super) enum StoredAction {
@@ -231,20 +258,7 @@ impl<S: Store> Relayer<S> {
                 updated_at: now,
             })
             .collect();
-        let record = ActionRecord {
-            what: what.to_owned(),
-            from: self.address(),
-            ids: ids.clone(),
-            to: call.to,
-            data: call.data.clone(),
-            check,
-            nonce: None,
-            gas_limit: 0,
-            attempts: Vec::new(),
-            prior_hashes: Vec::new(),
-            raw: None,
-            bumps: 0,
-        };
+        let record = ActionRecord::prepared(what, self.address(), ids.clone(), call, check);
         let mut meta = vec![(
             action_key(first),
             encode_action(&StoredAction::Primary(Box::new(record.clone())))?,

@@ -505,23 +505,16 @@ mod tests {
     }
 
     fn record(from: Address, ids: Vec<u64>) -> ActionRecord {
-        ActionRecord {
-            what: "settle".into(),
-            from,
-            ids,
+        let call = TxCall {
             to: Address::ZERO,
             data: Bytes::new(),
-            check: ReplayCheck::Settle {
-                receiver: Address::ZERO,
-                token: Address::ZERO,
-            },
-            nonce: None,
-            gas_limit: 0,
-            attempts: Vec::new(),
-            prior_hashes: Vec::new(),
-            raw: None,
-            bumps: 0,
-        }
+            value: U256::ZERO,
+        };
+        let check = ReplayCheck::Settle {
+            receiver: Address::ZERO,
+            token: Address::ZERO,
+        };
+        ActionRecord::prepared("settle", from, ids, &call, check)
     }
 
     #[test]
