@@ -29,7 +29,7 @@ use paychan_core::{
     },
     codec,
     sig::LocalSigner,
-    x402::{PaymentPayload, PaymentRequired, SettlementResponse, X402_VERSION},
+    x402::{PaymentRequired, SettlementResponse},
 };
 use paychan_devchain::{DevChain, ESCROW};
 use paychan_store::{SledStore, SledStoreConfig, Store};
@@ -73,13 +73,7 @@ async fn one_request(
         c.pc.voucher_payload(domain, &c.payer, offer.amount)
             .unwrap();
     let ceiling = v.voucher.max_claimable_amount;
-    let header = codec::encode(&PaymentPayload {
-        x402_version: X402_VERSION,
-        resource: None,
-        accepted: offer.to_generic(),
-        payload: BatchPayload::Voucher(v),
-        extensions: None,
-    });
+    let header = codec::encode(&paychan_devchain::payment(offer, BatchPayload::Voucher(v)));
     let sent = http
         .post(format!("{url}/v1/chat/completions"))
         .header("PAYMENT-SIGNATURE", header)

@@ -23,7 +23,6 @@ use paychan_core::{
         payer::{PayerChannel, channel_config_for},
     },
     codec,
-    x402::{PaymentPayload, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ESCROW};
 use tokio::{
@@ -313,13 +312,7 @@ method = "GET"
     chain.deposit(&payer, &cfg, 1_000_000).await.unwrap();
     let mut pc = PayerChannel::from_chain(&domain, cfg, 1_000_000, 0);
     let v = pc.voucher_payload(&domain, &payer, PRICE).unwrap();
-    let header = codec::encode(&PaymentPayload {
-        x402_version: X402_VERSION,
-        resource: None,
-        accepted: offer.to_generic(),
-        payload: BatchPayload::Voucher(v),
-        extensions: None,
-    });
+    let header = codec::encode(&paychan_devchain::payment(&offer, BatchPayload::Voucher(v)));
     let paid = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", server.url))
         .header("PAYMENT-SIGNATURE", header)
