@@ -35,9 +35,9 @@ use paychan_chain::{ChainConfig, ChainReader, Relayer, TxKey};
 use paychan_core::{
     batch::{
         BatchDomain, BatchRequirements, ChannelConfig,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        eip712::Eip712Domain,
         payee::{ChannelRecord, OnchainState},
-        payer::channel_config_for,
+        payer::{Erc3009Terms, channel_config_for, sign_erc3009_authorization},
     },
     sig::LocalSigner,
 };
@@ -152,20 +152,21 @@ impl Env {
                     B256::from(U256::from(salt)),
                 );
                 let id = self.domain.channel_id(&config);
-                let auth = ReceiveWithAuthorization {
+                let terms = Erc3009Terms {
                     from: config.payer,
-                    to: ERC3009_COLLECTOR,
-                    value: U256::from(deposit),
+                    collector: ERC3009_COLLECTOR,
+                    channel_id: id,
+                    amount: deposit,
                     valid_after: U256::ZERO,
                     valid_before,
-                    nonce: deposit_nonce(id, U256::from(salt)),
+                    salt: U256::from(salt),
                 };
-                let sig = self.payer.sign_digest(&auth.digest(&token_domain)).unwrap();
+                let auth = sign_erc3009_authorization(&token_domain, &terms, &self.payer).unwrap();
                 let data = paychan_bindings::convert::erc3009_collector_data(
-                    U256::ZERO,
-                    valid_before,
-                    U256::from(salt),
-                    &sig.to_bytes(),
+                    auth.valid_after,
+                    auth.valid_before,
+                    auth.salt,
+                    &auth.signature,
                 );
                 let f = self.funder.clone();
                 tasks.push(tokio::spawn(async move {

@@ -424,6 +424,10 @@ pub(crate) struct Settlement {
 /// Environment variable holding the relayer's key.
 pub(crate) const RELAYER_KEY_ENV: &str = "PAYCHAN_RELAYER_KEY";
 
+/// Environment variable holding the payer's key when no `--key-file` is given (`paychan call`,
+/// `paychan pay-proxy`, `paychan payer …`).
+pub(crate) const PAYER_KEY_ENV: &str = "PAYCHAN_PAYER_KEY";
+
 /// Environment variable holding the receiver authorizer's key.
 pub(crate) const RECEIVER_AUTHORIZER_KEY_ENV: &str = "PAYCHAN_RECEIVER_AUTHORIZER_KEY";
 

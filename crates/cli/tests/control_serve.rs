@@ -2,7 +2,9 @@
 //! token file in the data directory by default, and refuses an exposed address; its clients
 //! take their settings from the config file, then the environment, then flags.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+mod support;
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,7 +12,7 @@ use std::{
     process::{Child, Command, Output, Stdio},
 };
 
-use paychan_devchain::{DevChain, Role};
+use paychan_devchain::DevChain;
 use serde_json::Value;
 
 struct Server(Child);
@@ -23,36 +25,11 @@ impl Drop for Server {
 }
 
 fn config(chain: &DevChain, control: &str) -> String {
-    format!(
-        r#"
-data_dir = "store"
-upstream = "demo"
-operator_listen = "off"
-
-[chain]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-
-[payment]
-receiver = "{receiver}"
-receiver_authorizer = "{authorizer}"
-asset = "{token}"
-asset_name = "USD Coin"
-asset_version = "2"
-
-[[route]]
-path = "/v1/*"
-price = "1000"
-
-[control]
-{control}
-"#,
-        rpc = chain.rpc_url(),
-        chain_id = chain.chain_id(),
-        receiver = chain.account(Role::Receiver).address,
-        authorizer = chain.account(Role::ReceiverAuthorizer).address,
-        token = chain.contracts().token,
-    )
+    support::ServeConfig::new(chain)
+        .top("upstream = \"demo\"\noperator_listen = \"off\"")
+        .route("/v1/*", 1000)
+        .table(&format!("[control]\n{control}"))
+        .text()
 }
 
 fn serve(config: &Path) -> Command {

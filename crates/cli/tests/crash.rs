@@ -29,9 +29,9 @@ use paychan_core::{
     },
     codec,
     sig::LocalSigner,
-    x402::{PaymentPayload, PaymentRequired, SettlementResponse, X402_VERSION},
+    x402::{PaymentRequired, SettlementResponse},
 };
-use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW};
 use paychan_store::{SledStore, SledStoreConfig, Store};
 use support::start_server;
 
@@ -73,13 +73,7 @@ async fn one_request(
         c.pc.voucher_payload(domain, &c.payer, offer.amount)
             .unwrap();
     let ceiling = v.voucher.max_claimable_amount;
-    let header = codec::encode(&PaymentPayload {
-        x402_version: X402_VERSION,
-        resource: None,
-        accepted: offer.to_generic(),
-        payload: BatchPayload::Voucher(v),
-        extensions: None,
-    });
+    let header = codec::encode(&paychan_devchain::payment(offer, BatchPayload::Voucher(v)));
     let sent = http
         .post(format!("{url}/v1/chat/completions"))
         .header("PAYMENT-SIGNATURE", header)
@@ -178,41 +172,19 @@ async fn acknowledged_charges_survive_sigkill() {
     let domain = BatchDomain::new(chain.chain_id(), ESCROW);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("paychan.toml");
-    let token = chain.contracts().token;
-    std::fs::write(
-        &config,
-        format!(
+    support::ServeConfig::new(&chain)
+        .top(
             r#"
-data_dir = "store"
 upstream = "demo"
 operator_listen = "off"
-control = {{ listen = "127.0.0.1:0" }}
+control = { listen = "127.0.0.1:0" }
 # checkpoints all the time, so that kills land during them too
 checkpoint_interval_ms = 20
 demo_price_per_token = "40"
-
-[chain]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-
-[payment]
-receiver = "{receiver}"
-receiver_authorizer = "{authorizer}"
-asset = "{token}"
-asset_name = "USD Coin"
-asset_version = "2"
-
-[[route]]
-path = "/v1/*"
-price = "{MAX_PRICE}"
 "#,
-            rpc = chain.rpc_url(),
-            chain_id = chain.chain_id(),
-            receiver = chain.account(Role::Receiver).address,
-            authorizer = chain.account(Role::ReceiverAuthorizer).address,
-        ),
-    )
-    .unwrap();
+        )
+        .route("/v1/*", MAX_PRICE)
+        .write(&config);
     let offer = chain.offer(MAX_PRICE);
 
     let mut clients = Vec::new();

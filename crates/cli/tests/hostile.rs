@@ -23,9 +23,8 @@ use paychan_core::{
         payer::{PayerChannel, channel_config_for},
     },
     codec,
-    x402::{PaymentPayload, X402_VERSION},
 };
-use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -127,47 +126,31 @@ async fn no_spelling_of_a_paid_path_reaches_the_upstream_unpaid() {
     let (canary_addr, canary_hits) = canary().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("paychan.toml");
-    std::fs::write(
-        &config,
-        format!(
+    support::ServeConfig::new(&chain)
+        .top(&format!(
             r#"
-data_dir = "store"
 upstream = "{upstream}"
 operator_listen = "127.0.0.1:0"
 control = {{ listen = "127.0.0.1:0" }}
-
-[chain]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-
-[payment]
-receiver = "{receiver}"
-receiver_authorizer = "{authorizer}"
-asset = "{token}"
-asset_name = "USD Coin"
-asset_version = "2"
-
+"#
+        ))
+        .table(&format!(
+            r#"
 [[route]]
 path = "/v1/chat/completions"
 method = "POST"
 price = "{PRICE}"
-
-[[route]]
-path = "/v1/embeddings"
-price = "{PRICE}"
-
+"#
+        ))
+        .route("/v1/embeddings", PRICE)
+        .table(
+            r#"
 [[free_route]]
 path = "/v1/models*"
 method = "GET"
 "#,
-            rpc = chain.rpc_url(),
-            chain_id = chain.chain_id(),
-            receiver = chain.account(Role::Receiver).address,
-            authorizer = chain.account(Role::ReceiverAuthorizer).address,
-            token = chain.contracts().token,
-        ),
-    )
-    .unwrap();
+        )
+        .write(&config);
     let server = support::start_server(&config);
     let rpc_hostport = chain
         .rpc_url()
@@ -329,13 +312,7 @@ method = "GET"
     chain.deposit(&payer, &cfg, 1_000_000).await.unwrap();
     let mut pc = PayerChannel::from_chain(&domain, cfg, 1_000_000, 0);
     let v = pc.voucher_payload(&domain, &payer, PRICE).unwrap();
-    let header = codec::encode(&PaymentPayload {
-        x402_version: X402_VERSION,
-        resource: None,
-        accepted: offer.to_generic(),
-        payload: BatchPayload::Voucher(v),
-        extensions: None,
-    });
+    let header = codec::encode(&paychan_devchain::payment(&offer, BatchPayload::Voucher(v)));
     let paid = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", server.url))
         .header("PAYMENT-SIGNATURE", header)
@@ -385,38 +362,16 @@ async fn unpaid_requests_on_one_connection_keep_it_alive() {
     let chain = DevChain::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("paychan.toml");
-    std::fs::write(
-        &config,
-        format!(
+    support::ServeConfig::new(&chain)
+        .top(
             r#"
-data_dir = "store"
 upstream = "demo"
 operator_listen = "off"
-control = {{ listen = "127.0.0.1:0" }}
-
-[chain]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-
-[payment]
-receiver = "{receiver}"
-receiver_authorizer = "{authorizer}"
-asset = "{token}"
-asset_name = "USD Coin"
-asset_version = "2"
-
-[[route]]
-path = "/v1/*"
-price = "{PRICE}"
+control = { listen = "127.0.0.1:0" }
 "#,
-            rpc = chain.rpc_url(),
-            chain_id = chain.chain_id(),
-            receiver = chain.account(Role::Receiver).address,
-            authorizer = chain.account(Role::ReceiverAuthorizer).address,
-            token = chain.contracts().token,
-        ),
-    )
-    .unwrap();
+        )
+        .route("/v1/*", PRICE)
+        .write(&config);
     let server = support::start_server(&config);
     let mut s = TcpStream::connect(&server.addr).await.unwrap();
     s.set_nodelay(true).unwrap();

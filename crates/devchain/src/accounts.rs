@@ -6,6 +6,7 @@ use alloy::{
     primitives::{Address, B256, b256},
     signers::local::PrivateKeySigner,
 };
+use paychan_core::sig::LocalSigner;
 
 /// How many dev accounts the chain funds.
 pub const COUNT: usize = 10;
@@ -77,6 +78,12 @@ impl DevAccount {
         PrivateKeySigner::from_bytes(&self.key)
             .unwrap_or_else(|_| unreachable!("dev keys are valid"))
     }
+
+    /// paychan's signer for it (vouchers, claim batches, refunds, deposit authorizations).
+    pub fn local_signer(&self) -> LocalSigner {
+        // valid scalars, as for `signer`
+        LocalSigner::from_bytes(&self.key).unwrap_or_else(|_| unreachable!("dev keys are valid"))
+    }
 }
 
 fn at(i: usize) -> DevAccount {
@@ -132,5 +139,12 @@ mod tests {
         );
         let mut seen = std::collections::HashSet::new();
         assert!(all.iter().all(|a| seen.insert(a.address)));
+    }
+
+    #[test]
+    fn local_signers_sign_for_their_account() {
+        for a in all() {
+            assert_eq!(a.local_signer().address(), a.address);
+        }
     }
 }

@@ -31,12 +31,13 @@ use paychan_bindings::{
 use paychan_core::{
     Network,
     batch::{
-        BatchDomain, BatchExtra, BatchRequirements, ChannelConfig,
+        BatchDomain, BatchExtra, BatchPayload, BatchRequirements, ChannelConfig,
         eip712::Eip712Domain,
         payee::OnchainState,
         payer::{Erc3009Terms, PayerChannel, channel_config_for, sign_erc3009_authorization},
     },
     sig::LocalSigner,
+    x402::{PaymentPayload, X402_VERSION},
 };
 
 pub use accounts::{DevAccount, Role};
@@ -232,6 +233,11 @@ impl DevChain {
             .balanceOf(who)
             .call()
             .await?)
+    }
+
+    /// Transactions mined from `who` (its account nonce).
+    pub async fn nonce(&self, who: Address) -> Result<u64> {
+        Ok(self.provider.get_transaction_count(who).await?)
     }
 
     /// Mints dev tokens to `to`.
@@ -504,7 +510,56 @@ async fn deploy(provider: &DynProvider, config: &DevChainConfig) -> Result<DevCo
     })
 }
 
+/// The x402 payment payload of `payload` under `offer` (the `PAYMENT-SIGNATURE` header's
+/// content, or what an engine's `begin` takes).
+pub fn payment(offer: &BatchRequirements, payload: BatchPayload) -> PaymentPayload<BatchPayload> {
+    PaymentPayload {
+        x402_version: X402_VERSION,
+        resource: None,
+        accepted: offer.to_generic(),
+        payload,
+        extensions: None,
+    }
+}
+
 /// A 32-byte value from a `u64`, for salts in tests.
 pub fn salt(n: u64) -> B256 {
     B256::from(U256::from(n))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_payment_carries_its_payload_under_the_offer() {
+        let offer = BatchRequirements {
+            network: Network::eip155(31_337),
+            chain_id: 31_337,
+            amount: 1_000,
+            asset: Address::repeat_byte(4),
+            pay_to: accounts::account(Role::Receiver).address,
+            max_timeout_seconds: 300,
+            extra: BatchExtra {
+                receiver_authorizer: accounts::account(Role::ReceiverAuthorizer).address,
+                withdraw_delay: 900,
+                name: "USD Coin".into(),
+                version: "2".into(),
+                asset_transfer_method: None,
+                channel_state: None,
+                voucher_state: None,
+            },
+        };
+        let payer = accounts::account(Role::Payer(0)).local_signer();
+        let domain = BatchDomain::new(31_337, ESCROW);
+        let config = channel_config_for(&offer, payer.address(), payer.address(), salt(1));
+        let mut pc = PayerChannel::from_chain(&domain, config, 10_000, 0);
+        let v = pc.voucher_payload(&domain, &payer, offer.amount).unwrap();
+        let p = payment(&offer, BatchPayload::Voucher(v.clone()));
+        assert_eq!(p.x402_version, X402_VERSION);
+        offer.matches_accepted(&p.accepted).unwrap();
+        assert_eq!(p.payload, BatchPayload::Voucher(v));
+        assert!(p.resource.is_none() && p.extensions.is_none());
+    }
 }

@@ -6,7 +6,7 @@
 //! | [`settler`] | [`Settler`]: claim rounds, settles, mirroring, the `run` loop, manual triggers |
 //! | [`follower`] | [`ChainFollower`]: escrow events mirrored into the engine |
 //! | [`gas`] | [`GasReport`]: gas per claim / settle, amortized per paid request |
-//! | [`plan`] | the I/O-free bookkeeping: pending channels, due selection, batching |
+//! | [`plan`] | the I/O-free decisions: pending channels, due selection, what to do per channel, batching, the run loop's schedule |
 //! | [`error`] | [`Error`] |
 
 pub mod error;

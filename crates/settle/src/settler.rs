@@ -30,7 +30,7 @@ use alloy_primitives::{Address, B256};
 use paychan_chain::{RecoveryReport, Relayer, WatcherConfig};
 use paychan_core::{
     batch::{
-        ClaimRow, ClaimVoucher,
+        ClaimRow,
         payee::{self, ChannelRecord},
     },
     ports::{Clock, OnchainSource, PaymentFacilitator},
@@ -47,9 +47,11 @@ use crate::{
     Error, Result, TARGET,
     follower::{ChainFollower, FollowerUpdate},
     gas::{GasLedger, GasReport},
-    plan::{PendingSet, Scope, batches},
+    plan::{PendingSet, RoundEnd, RoundRequest, RowAction, Schedule, Scope, batches, plan_row},
     policy::{SettleMode, SettlePolicy},
 };
+
+pub use crate::plan::Trigger;
 
 /// How a [`Settler`] is set up.
 #[derive(Debug, Clone)]
@@ -74,27 +76,6 @@ impl SettlerConfig {
             watcher: Some(WatcherConfig::default()),
         }
     }
-}
-
-/// Why a round ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The first round of [`Settler::run`]: restart reconciliation, store scan, due claims.
-    Startup,
-    /// The claim interval elapsed.
-    Interval,
-    /// A channel reached the threshold.
-    Threshold,
-    /// A pending withdrawal threatens unclaimed charges (or its last call is due).
-    Withdrawal,
-    /// The settle interval elapsed.
-    SettleInterval,
-    /// A retry after a round failed (the chain was unreachable).
-    Retry,
-    /// [`Settler::claim_now`].
-    Manual,
-    /// Graceful shutdown.
-    Shutdown,
 }
 
 /// A confirmed claim transaction.
@@ -227,6 +208,8 @@ struct Inner<S: Store, C, F, K> {
     round: tokio::sync::Mutex<()>,
     events: Mutex<Option<broadcast::Receiver<EngineEvent>>>,
     wake: tokio::sync::Notify,
+    /// The origin of the settler's clock ([`Settler::now_ms`]).
+    epoch: Instant,
 }
 
 /// The settlement scheduler and chain follower. Cheap to clone (clones share everything); see
@@ -310,6 +293,7 @@ where
                 round: tokio::sync::Mutex::new(()),
                 events: Mutex::new(Some(events)),
                 wake: tokio::sync::Notify::new(),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -333,6 +317,11 @@ where
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The settler's monotonic clock: milliseconds since it was created (retry backoffs).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Gas spent since this settler was created (claims and settles it confirmed, including
     /// journal entries it recovered), over the paid requests counted from the engine's events
     /// over the same period.
@@ -352,7 +341,12 @@ where
     /// backoffs), and settles afterwards if the policy settles after claims.
     pub async fn claim_now(&self) -> Result<RoundReport> {
         self.state().rescan = true;
-        self.round(Trigger::Manual, Scope::Everything, false).await
+        self.round(RoundRequest {
+            trigger: Trigger::Manual,
+            scope: Scope::Everything,
+            force_settle: false,
+        })
+        .await
     }
 
     /// Claims the channels `ids` now (after finishing open journal entries, ignoring retry
@@ -512,15 +506,10 @@ where
 
     // ---- rounds --------------------------------------------------------------------------------
 
-    async fn round(
-        &self,
-        trigger: Trigger,
-        scope: Scope,
-        force_settle: bool,
-    ) -> Result<RoundReport> {
+    async fn round(&self, req: RoundRequest) -> Result<RoundReport> {
         let _g = self.inner.round.lock().await;
         self.drain_events();
-        let mut report = RoundReport::new(trigger);
+        let mut report = RoundReport::new(req.trigger);
         let covered = self.reconcile(&mut report).await?;
         let rescan = std::mem::take(&mut self.state().rescan);
         if rescan && let Err(e) = self.scan().await {
@@ -531,26 +520,16 @@ where
         let ids = {
             let st = self.state();
             st.pending
-                .select(scope, Instant::now(), self.inner.policy.threshold)
+                .select(req.scope, self.now_ms(), self.inner.policy.threshold)
         };
         report.considered = ids.len();
         if !ids.is_empty() {
             self.claim(&ids, &covered, &mut report).await?;
         }
-        let settle = match trigger {
-            Trigger::Shutdown => true,
-            _ => force_settle || self.inner.policy.settle == SettleMode::AfterClaims,
-        };
-        if settle {
-            // Rounds that may follow a restart or a long gap look at every pair (one read
-            // each); the others only at pairs with claims of this process not yet swept.
-            let every_pair = matches!(
-                trigger,
-                Trigger::Shutdown | Trigger::Startup | Trigger::SettleInterval
-            );
+        if req.settles(self.inner.policy.settle) {
             let pairs: Vec<_> = {
                 let st = self.state();
-                if every_pair {
+                if req.settles_every_pair() {
                     st.pairs.union(&st.unsettled).copied().collect()
                 } else {
                     st.unsettled.iter().copied().collect()
@@ -676,131 +655,127 @@ where
         self.inner.authorizers.contains_key(&authorizer) || me == authorizer || me == receiver
     }
 
+    /// Claims the channels `ids`: plans each against a fresh read of the chain ([`plan_row`]),
+    /// sends the rows, and mirrors what moved.
     async fn claim(
         &self,
         ids: &[B256],
         covered: &HashMap<B256, u128>,
         report: &mut RoundReport,
     ) -> Result<()> {
+        let records = self.stored_records(ids).await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<B256> = records.iter().map(|r| r.channel_id).collect();
+        let states = self.inner.relayer.reader().channel_states(&ids).await?;
+        let now_ms = self.now_ms();
+        let (rows, moved) = self.plan_rows(&records, &states, covered, now_ms, report);
+        if !moved.is_empty()
+            && let Err(e) = self.mirror_channels(&moved).await
+        {
+            report.errors.push(format!("mirroring channels: {e}"));
+        }
+        let claimed = self.send_rows(rows, now_ms, report).await;
+        self.mirror_claimed(&claimed, report).await;
+        Ok(())
+    }
+
+    /// The store's records of `ids`; channels the store does not know are forgotten.
+    async fn stored_records(&self, ids: &[B256]) -> Result<Vec<ChannelRecord>> {
         let store = self.inner.engine.store();
-        let mut records: Vec<ChannelRecord> = Vec::with_capacity(ids.len());
+        let mut records = Vec::with_capacity(ids.len());
         for id in ids {
             match store.channel(*id).await? {
                 Some(r) => records.push(r),
                 None => self.state().pending.forget(id),
             }
         }
-        if records.is_empty() {
-            return Ok(());
-        }
-        let reader = self.inner.relayer.reader();
-        let states = reader
-            .channel_states(&records.iter().map(|r| r.channel_id).collect::<Vec<_>>())
-            .await?;
+        Ok(records)
+    }
+
+    /// Carries out [`plan_row`]'s answer for each channel in the in-memory state and the report.
+    /// Returns the rows to send, and the channels whose on-chain state moved.
+    fn plan_rows(
+        &self,
+        records: &[ChannelRecord],
+        states: &[payee::OnchainState],
+        covered: &HashMap<B256, u128>,
+        now_ms: u64,
+        report: &mut RoundReport,
+    ) -> (Vec<ClaimRow>, Vec<B256>) {
         let mut rows = Vec::new();
         let mut moved = Vec::new();
-        let now = Instant::now();
-        for (rec, st) in records.iter().zip(&states) {
+        for (rec, chain) in records.iter().zip(states) {
             let id = rec.channel_id;
-            {
-                let mut s = self.state();
-                observe(&mut s, rec);
-            }
-            let target = rec.charged.min(st.balance);
-            if target < rec.charged && rec.charged > st.total_claimed {
-                let lost = rec.charged - target.max(st.total_claimed);
-                tracing::error!(target: TARGET, channel = %id, charged = %rec.charged, balance = %st.balance, %lost, "channel balance is below its charged total: a withdrawal was finalized before it was claimed");
+            observe(&mut self.state(), rec);
+            let can_claim = self.can_claim(rec.config.receiver_authorizer, rec.config.receiver);
+            let plan = plan_row(rec, chain, covered.get(&id).copied(), can_claim);
+            if let Some(lost) = plan.lost {
+                tracing::error!(target: TARGET, channel = %id, charged = %rec.charged, balance = %chain.balance, %lost, "channel balance is below its charged total: a withdrawal was finalized before it was claimed");
                 report.lost.push((id, lost));
                 self.state().lost.insert(id, rec.charged);
             }
-            if target <= st.total_claimed {
-                let mut s = self.state();
-                s.pending.claimed(id, st.total_claimed);
-                s.pending.forget(&id);
-                drop(s);
-                if rec.charged <= st.total_claimed {
-                    report.already_claimed.push(id);
+            match plan.action {
+                RowAction::Claim(row) => rows.push(row),
+                RowAction::Claimed {
+                    total_claimed,
+                    fully,
+                    moved: chain_moved,
+                } => {
+                    let mut s = self.state();
+                    s.pending.claimed(id, total_claimed);
+                    s.pending.forget(&id);
+                    drop(s);
+                    if fully {
+                        report.already_claimed.push(id);
+                    }
+                    if chain_moved {
+                        moved.push(id);
+                    }
                 }
-                if rec.onchain != *st {
-                    moved.push(id);
+                RowAction::InFlight => report.in_flight.push(id),
+                RowAction::NoVoucher => {
+                    // charged above the claimed total without a voucher cannot happen; be safe
+                    tracing::error!(target: TARGET, channel = %id, "unclaimed charges without a voucher signature");
+                    self.state().pending.forget(&id);
                 }
-                continue;
+                RowAction::NoKey => {
+                    let why = format!(
+                        "no key for receiver authorizer {} and the relayer {} is neither receiver nor authorizer",
+                        rec.config.receiver_authorizer,
+                        self.inner.relayer.address()
+                    );
+                    self.backoff(id, now_ms);
+                    report.failed.push((id, why));
+                }
             }
-            if covered.get(&id).is_some_and(|t| *t >= target) {
-                report.in_flight.push(id);
-                continue;
-            }
-            let Some(sig) = rec.signature else {
-                // charged above the claimed total without a voucher cannot happen; be safe
-                tracing::error!(target: TARGET, channel = %id, "unclaimed charges without a voucher signature");
-                self.state().pending.forget(&id);
-                continue;
-            };
-            if !self.can_claim(rec.config.receiver_authorizer, rec.config.receiver) {
-                let why = format!(
-                    "no key for receiver authorizer {} and the relayer {} is neither receiver nor authorizer",
-                    rec.config.receiver_authorizer,
-                    self.inner.relayer.address()
-                );
-                self.backoff(id, now);
-                report.failed.push((id, why));
-                continue;
-            }
-            rows.push(ClaimRow {
-                voucher: ClaimVoucher {
-                    channel: rec.config,
-                    max_claimable_amount: rec.signed_max_claimable,
-                },
-                signature: alloy_primitives::Bytes::copy_from_slice(&sig.to_bytes()),
-                total_claimed: target,
-            });
         }
-        if !moved.is_empty()
-            && let Err(e) = self.mirror_channels(&moved).await
-        {
-            report.errors.push(format!("mirroring channels: {e}"));
-        }
+        (rows, moved)
+    }
+
+    /// Sends `rows` in transactions ([`batches`]), splitting a refused one in halves until the
+    /// bad row is alone. Returns the channels claimed (or found claimed by another transaction).
+    async fn send_rows(
+        &self,
+        rows: Vec<ClaimRow>,
+        now_ms: u64,
+        report: &mut RoundReport,
+    ) -> Vec<B256> {
+        let domain = self.inner.relayer.reader().domain();
         let mut queue: VecDeque<(Address, Vec<ClaimRow>)> =
             batches(rows, self.inner.policy.rows_per_tx()).into();
         let mut claimed_ids = Vec::new();
         while let Some((authorizer, chunk)) = queue.pop_front() {
             let ids: Vec<B256> = chunk
                 .iter()
-                .map(|r| reader.domain().channel_id(&r.voucher.channel))
+                .map(|r| domain.channel_id(&r.voucher.channel))
                 .collect();
             match self.send_chunk(authorizer, &chunk).await {
                 ChunkEnd::Done(entry) => {
-                    let JournalState::Confirmed {
-                        tx_hash,
-                        block,
-                        gas_used,
-                    } = entry.state
-                    else {
-                        continue;
-                    };
-                    let claims = match &entry.kind {
-                        JournalKind::Claim { claims } => claims.clone(),
-                        _ => Vec::new(),
-                    };
-                    {
-                        let mut st = self.state();
-                        st.gas.record(std::slice::from_ref(&entry));
-                        for &(id, target) in &claims {
-                            st.pending.claimed(id, target);
-                            if let Some(p) = st.channel_pairs.get(&id).copied() {
-                                st.unsettled.insert(p);
-                            }
-                        }
+                    if self.confirmed_claim(entry, report) {
+                        claimed_ids.extend(ids);
                     }
-                    tracing::info!(target: TARGET, tx = %tx_hash, block, gas_used, channels = claims.len(), "claim confirmed");
-                    claimed_ids.extend(ids);
-                    report.claims.push(ClaimTx {
-                        journal_id: entry.id,
-                        tx_hash,
-                        block,
-                        gas_used,
-                        claims,
-                    });
                 }
                 ChunkEnd::Split(why) if chunk.len() > 1 => {
                     tracing::warn!(target: TARGET, rows = chunk.len(), reason = %why, "claim batch refused; splitting it");
@@ -812,7 +787,7 @@ where
                 ChunkEnd::Split(why) | ChunkEnd::RowFailed(why) => {
                     tracing::warn!(target: TARGET, channels = ?ids, reason = %why, "claim failed");
                     for id in ids {
-                        self.backoff(id, now);
+                        self.backoff(id, now_ms);
                         report.failed.push((id, why.clone()));
                     }
                 }
@@ -829,8 +804,49 @@ where
                 }
             }
         }
-        if !claimed_ids.is_empty()
-            && let Err(e) = self.mirror_channels(&claimed_ids).await
+        claimed_ids
+    }
+
+    /// Records a claim the relayer finished: gas, claimed totals, pairs to settle, the report.
+    /// Returns whether it was confirmed.
+    fn confirmed_claim(&self, entry: JournalEntry, report: &mut RoundReport) -> bool {
+        let JournalState::Confirmed {
+            tx_hash,
+            block,
+            gas_used,
+        } = entry.state
+        else {
+            return false;
+        };
+        let claims = match &entry.kind {
+            JournalKind::Claim { claims } => claims.clone(),
+            _ => Vec::new(),
+        };
+        {
+            let mut st = self.state();
+            st.gas.record(std::slice::from_ref(&entry));
+            for &(id, target) in &claims {
+                st.pending.claimed(id, target);
+                if let Some(p) = st.channel_pairs.get(&id).copied() {
+                    st.unsettled.insert(p);
+                }
+            }
+        }
+        tracing::info!(target: TARGET, tx = %tx_hash, block, gas_used, channels = claims.len(), "claim confirmed");
+        report.claims.push(ClaimTx {
+            journal_id: entry.id,
+            tx_hash,
+            block,
+            gas_used,
+            claims,
+        });
+        true
+    }
+
+    /// Mirrors the claimed channels and their (receiver, token) aggregates.
+    async fn mirror_claimed(&self, claimed: &[B256], report: &mut RoundReport) {
+        if !claimed.is_empty()
+            && let Err(e) = self.mirror_channels(claimed).await
         {
             report
                 .errors
@@ -838,7 +854,7 @@ where
         }
         let pairs: BTreeSet<(Address, Address)> = {
             let st = self.state();
-            claimed_ids
+            claimed
                 .iter()
                 .filter_map(|id| st.channel_pairs.get(id).copied())
                 .collect()
@@ -848,10 +864,9 @@ where
                 report.errors.push(format!("mirroring receiver {r}: {e}"));
             }
         }
-        Ok(())
     }
 
-    fn backoff(&self, id: B256, now: Instant) {
+    fn backoff(&self, id: B256, now_ms: u64) {
         let p = &self.inner.policy;
         let base = p.retry_backoff;
         let mut st = self.state();
@@ -861,7 +876,7 @@ where
         } else {
             p.max_backoff
         };
-        st.pending.failed(id, now, base.min(max), max);
+        st.pending.failed(id, now_ms, base.min(max), max);
     }
 
     async fn send_chunk(&self, authorizer: Address, rows: &[ClaimRow]) -> ChunkEnd {
@@ -1022,16 +1037,96 @@ where
     /// Rounds that fail because the chain is unreachable are retried after `retry_backoff`
     /// (doubling up to `max_backoff`; `urgent_retry` while a withdrawal is pending).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<ShutdownReport> {
-        let mut events = self
-            .inner
+        let mut events = self.take_events()?;
+        let policy = self.inner.policy.clone();
+        self.state().rescan = true;
+        let (stop_tx, follower) = self.start_follower();
+        let mut timers = Timers::new(&policy);
+        let first = RoundRequest::due(Trigger::Startup);
+        let mut running = Some(self.spawn_round(first));
+        let mut schedule = Schedule::new(&policy, first);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut events_open = true;
+        tokio::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                joined = join(&mut running), if running.is_some() => {
+                    running = None;
+                    if let Some(wait) = self.round_ended(joined, &mut schedule) {
+                        retry_at = Some(tokio::time::Instant::now() + wait);
+                    }
+                }
+                ev = events.recv(), if events_open => {
+                    if let Some(t) = self.on_recv(ev, &mut events_open) {
+                        schedule.want(RoundRequest::due(t));
+                    }
+                }
+                () = self.inner.wake.notified() => schedule.want(RoundRequest::due(Trigger::Withdrawal)),
+                _ = tick(&mut timers.claim), if timers.claim.is_some() => {
+                    schedule.want(RoundRequest { scope: Scope::All, ..RoundRequest::due(Trigger::Interval) });
+                }
+                _ = tick(&mut timers.scan), if timers.scan.is_some() => {
+                    self.state().rescan = true;
+                    schedule.want(RoundRequest::due(Trigger::Interval));
+                }
+                _ = tick(&mut timers.settle), if timers.settle.is_some() => {
+                    schedule.want(RoundRequest { force_settle: true, ..RoundRequest::due(Trigger::SettleInterval) });
+                }
+                _ = tick(&mut timers.urgent) => {
+                    let st = self.state();
+                    if st.pending.has_urgent() || st.pending.has_withdrawals() {
+                        drop(st);
+                        schedule.want(RoundRequest::due(Trigger::Withdrawal));
+                    }
+                }
+                () = sleep_until(retry_at), if retry_at.is_some() => {
+                    retry_at = None;
+                    schedule.retry_due();
+                }
+            }
+            if running.is_none()
+                && let Some(req) = schedule.next(|| self.has_work())
+            {
+                retry_at = None;
+                running = Some(self.spawn_round(req));
+            }
+        }
+
+        tracing::info!(target: TARGET, "shutting down: stopping the follower and the current round");
+        self.stop_follower(stop_tx, follower).await;
+        if let Some(h) = running.take() {
+            let _ = h.await;
+        }
+        *self.inner.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(events);
+        let last_round = if policy.claim_on_shutdown {
+            Some(self.final_round().await)
+        } else {
+            None
+        };
+        let report = ShutdownReport {
+            last_round,
+            gas: self.gas_report(),
+            outstanding: self.outstanding(),
+        };
+        tracing::info!(target: TARGET, outstanding_channels = report.outstanding.0, outstanding = %report.outstanding.1, gas = ?report.gas, "settler stopped");
+        Ok(report)
+    }
+
+    /// The engine's events, for [`Self::run`] alone.
+    fn take_events(&self) -> Result<broadcast::Receiver<EngineEvent>> {
+        self.inner
             .events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| Error::Policy("Settler::run is already running".into()))?;
-        let policy = self.inner.policy.clone();
-        self.state().rescan = true;
+            .ok_or_else(|| Error::Policy("Settler::run is already running".into()))
+    }
 
+    /// Starts the chain follower, if configured; it stops when the sender sends `true`.
+    fn start_follower(&self) -> (watch::Sender<bool>, Option<JoinHandle<Result<()>>>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let follower = self.inner.watcher.clone().map(|cfg| {
             let f = ChainFollower::new(
@@ -1048,123 +1143,14 @@ where
                 f.run(stopped, move |u| this.on_follower(u)).await
             })
         });
+        (stop_tx, follower)
+    }
 
-        let ticker = |d: Option<Duration>| {
-            d.map(|d| {
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            })
-        };
-        let mut claim_tick = ticker(policy.interval);
-        let mut scan_tick = ticker(policy.scan_interval);
-        let mut settle_tick = ticker(match policy.settle {
-            SettleMode::Every(d) => Some(d),
-            _ => None,
-        });
-        let mut urgent_tick = ticker(Some(policy.urgent_retry));
-
-        let mut running: Option<JoinHandle<Result<RoundReport>>> =
-            Some(self.spawn_round(Trigger::Startup, Scope::Due, false));
-        let mut want: Option<(Trigger, Scope, bool)> = None;
-        let mut retry: Option<(tokio::time::Instant, Trigger, Scope, bool)> = None;
-        let mut retry_wait = policy.retry_backoff;
-        let mut last: (Trigger, Scope, bool) = (Trigger::Startup, Scope::Due, false);
-        let mut events_open = true;
-        tokio::pin!(shutdown);
-
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                joined = join(&mut running), if running.is_some() => {
-                    running = None;
-                    match joined {
-                        Ok(Ok(r)) if r.unconfirmed.is_empty() => {
-                            retry_wait = policy.retry_backoff;
-                        }
-                        Ok(Ok(_)) => {
-                            // sent but not confirmed in time: finish it (recover) after a while
-                            retry = Some((tokio::time::Instant::now() + retry_wait, Trigger::Retry, Scope::Due, false));
-                            retry_wait = (retry_wait * 2).min(policy.max_backoff);
-                        }
-                        Ok(Err(e)) => {
-                            let urgent = self.state().pending.has_urgent();
-                            let wait = if urgent { retry_wait.min(policy.urgent_retry) } else { retry_wait };
-                            tracing::warn!(target: TARGET, error = %e, retry_in = ?wait, "settlement round failed");
-                            retry = Some((tokio::time::Instant::now() + wait, Trigger::Retry, last.1, last.2));
-                            retry_wait = (retry_wait * 2).min(policy.max_backoff);
-                        }
-                        Err(e) => tracing::error!(target: TARGET, error = %e, "settlement round task failed"),
-                    }
-                }
-                ev = events.recv(), if events_open => {
-                    let mut st = self.state();
-                    let t = match ev {
-                        Ok(ev) => self.on_event(&mut st, ev),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            self.on_lagged(&mut st, n);
-                            Some(Trigger::Threshold)
-                        }
-                        Err(broadcast::error::RecvError::Closed) => {
-                            events_open = false;
-                            None
-                        }
-                    };
-                    drop(st);
-                    if let Some(t) = t {
-                        want = merge(want, (t, Scope::Due, false));
-                    }
-                }
-                () = self.inner.wake.notified() => {
-                    want = merge(want, (Trigger::Withdrawal, Scope::Due, false));
-                }
-                _ = tick(&mut claim_tick), if claim_tick.is_some() => {
-                    want = merge(want, (Trigger::Interval, Scope::All, false));
-                }
-                _ = tick(&mut scan_tick), if scan_tick.is_some() => {
-                    self.state().rescan = true;
-                    want = merge(want, (Trigger::Interval, Scope::Due, false));
-                }
-                _ = tick(&mut settle_tick), if settle_tick.is_some() => {
-                    want = merge(want, (Trigger::SettleInterval, Scope::Due, true));
-                }
-                _ = tick(&mut urgent_tick) => {
-                    let st = self.state();
-                    if st.pending.has_urgent() || st.pending.has_withdrawals() {
-                        drop(st);
-                        want = merge(want, (Trigger::Withdrawal, Scope::Due, false));
-                    }
-                }
-                () = sleep_until(retry.map(|r| r.0)), if retry.is_some() => {
-                    if let Some((_, t, s, f)) = retry.take() {
-                        want = merge(want, (t, s, f));
-                    }
-                }
-            }
-            // while a failed round waits for its retry, only a withdrawal jumps the queue
-            let hold = retry.is_some() && want.is_some_and(|w| w.0 != Trigger::Withdrawal);
-            if running.is_none()
-                && !hold
-                && let Some((t, s, f)) = want.take()
-            {
-                // a due round with nothing due and nothing to settle is skipped
-                let idle = s == Scope::Due && !f && t != Trigger::Retry && {
-                    let st = self.state();
-                    !st.rescan
-                        && !st.pending.any_due(Instant::now(), policy.threshold)
-                        && !st.pending.has_withdrawals()
-                        && (policy.settle != SettleMode::AfterClaims || st.unsettled.is_empty())
-                };
-                if !idle {
-                    retry = None;
-                    last = (t, s, f);
-                    running = Some(self.spawn_round(t, s, f));
-                }
-            }
-        }
-
-        tracing::info!(target: TARGET, "shutting down: stopping the follower and the current round");
+    async fn stop_follower(
+        &self,
+        stop_tx: watch::Sender<bool>,
+        follower: Option<JoinHandle<Result<()>>>,
+    ) {
         let _ = stop_tx.send(true);
         if let Some(h) = follower {
             match h.await {
@@ -1175,70 +1161,116 @@ where
                 Ok(Ok(())) => {}
             }
         }
-        if let Some(h) = running.take() {
-            let _ = h.await;
-        }
-        *self.inner.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(events);
-        let last_round = if policy.claim_on_shutdown {
-            self.state().rescan = true;
-            match self.round(Trigger::Shutdown, Scope::Everything, true).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(target: TARGET, error = %e, "final claim round failed; open journal entries are finished by the next start");
-                    let mut r = RoundReport::new(Trigger::Shutdown);
-                    r.errors.push(e.to_string());
-                    Some(r)
-                }
-            }
-        } else {
-            None
-        };
-        let report = ShutdownReport {
-            last_round,
-            gas: self.gas_report(),
-            outstanding: self.outstanding(),
-        };
-        tracing::info!(target: TARGET, outstanding_channels = report.outstanding.0, outstanding = %report.outstanding.1, gas = ?report.gas, "settler stopped");
-        Ok(report)
     }
 
-    fn spawn_round(
+    /// An engine event received by [`Self::run`]; returns the trigger it calls for, if any.
+    fn on_recv(
         &self,
-        trigger: Trigger,
-        scope: Scope,
-        force_settle: bool,
-    ) -> JoinHandle<Result<RoundReport>> {
+        ev: std::result::Result<EngineEvent, broadcast::error::RecvError>,
+        open: &mut bool,
+    ) -> Option<Trigger> {
+        let mut st = self.state();
+        match ev {
+            Ok(ev) => self.on_event(&mut st, ev),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                self.on_lagged(&mut st, n);
+                Some(Trigger::Threshold)
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                *open = false;
+                None
+            }
+        }
+    }
+
+    /// A round started by [`Self::run`] ended; returns the wait before its retry, if one is due.
+    fn round_ended(
+        &self,
+        joined: std::result::Result<Result<RoundReport>, tokio::task::JoinError>,
+        schedule: &mut Schedule,
+    ) -> Option<Duration> {
+        match joined {
+            Ok(Ok(r)) if r.unconfirmed.is_empty() => schedule.ended(RoundEnd::Clean, false),
+            // sent but not confirmed in time: finish it (recover) after a while
+            Ok(Ok(_)) => schedule.ended(RoundEnd::Unconfirmed, false),
+            Ok(Err(e)) => {
+                let urgent = self.state().pending.has_urgent();
+                let wait = schedule.ended(RoundEnd::Failed, urgent);
+                if let Some(wait) = wait {
+                    tracing::warn!(target: TARGET, error = %e, retry_in = ?wait, "settlement round failed");
+                }
+                wait
+            }
+            Err(e) => {
+                tracing::error!(target: TARGET, error = %e, "settlement round task failed");
+                None
+            }
+        }
+    }
+
+    /// Whether a due round has something to do: a rescan, a due channel, a pending withdrawal,
+    /// or (settling after claims) a pair not yet settled.
+    fn has_work(&self) -> bool {
+        let policy = &self.inner.policy;
+        let st = self.state();
+        st.rescan
+            || st.pending.any_due(self.now_ms(), policy.threshold)
+            || st.pending.has_withdrawals()
+            || (policy.settle == SettleMode::AfterClaims && !st.unsettled.is_empty())
+    }
+
+    /// The shutdown round: claims everything outstanding and settles.
+    async fn final_round(&self) -> RoundReport {
+        self.state().rescan = true;
+        let req = RoundRequest {
+            trigger: Trigger::Shutdown,
+            scope: Scope::Everything,
+            force_settle: true,
+        };
+        match self.round(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(target: TARGET, error = %e, "final claim round failed; open journal entries are finished by the next start");
+                let mut r = RoundReport::new(Trigger::Shutdown);
+                r.errors.push(e.to_string());
+                r
+            }
+        }
+    }
+
+    fn spawn_round(&self, req: RoundRequest) -> JoinHandle<Result<RoundReport>> {
         let this = self.clone();
-        tokio::spawn(async move { this.round(trigger, scope, force_settle).await })
+        tokio::spawn(async move { this.round(req).await })
     }
 }
 
-/// Keeps the stronger of two pending round requests.
-fn merge(
-    a: Option<(Trigger, Scope, bool)>,
-    b: (Trigger, Scope, bool),
-) -> Option<(Trigger, Scope, bool)> {
-    let rank = |s: Scope| match s {
-        Scope::Due => 0,
-        Scope::All => 1,
-        Scope::Everything => 2,
-    };
-    Some(match a {
-        None => b,
-        Some(a) => {
-            let (t, s) = if rank(b.1) > rank(a.1) {
-                (b.0, b.1)
-            } else {
-                (a.0, a.1)
-            };
-            // a withdrawal is the most telling reason; a retry must not be skipped as idle
-            let t = [Trigger::Withdrawal, Trigger::Retry]
-                .into_iter()
-                .find(|x| a.0 == *x || b.0 == *x)
-                .unwrap_or(t);
-            (t, s, a.2 || b.2)
+/// The run loop's timers (`None`: off).
+struct Timers {
+    claim: Option<tokio::time::Interval>,
+    scan: Option<tokio::time::Interval>,
+    settle: Option<tokio::time::Interval>,
+    urgent: Option<tokio::time::Interval>,
+}
+
+impl Timers {
+    fn new(policy: &SettlePolicy) -> Self {
+        let ticker = |d: Option<Duration>| {
+            d.map(|d| {
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            })
+        };
+        Self {
+            claim: ticker(policy.interval),
+            scan: ticker(policy.scan_interval),
+            settle: ticker(match policy.settle {
+                SettleMode::Every(d) => Some(d),
+                _ => None,
+            }),
+            urgent: ticker(Some(policy.urgent_retry)),
         }
-    })
+    }
 }
 
 async fn tick(t: &mut Option<tokio::time::Interval>) {
@@ -1300,24 +1332,5 @@ async fn join<T>(h: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinEr
     match h {
         Some(h) => h.await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merged_requests_keep_the_widest_scope_and_the_withdrawal() {
-        let m = merge(None, (Trigger::Threshold, Scope::Due, false));
-        let m = merge(m, (Trigger::Interval, Scope::All, false));
-        assert_eq!(m, Some((Trigger::Interval, Scope::All, false)));
-        let m = merge(m, (Trigger::Withdrawal, Scope::Due, true));
-        assert_eq!(m, Some((Trigger::Withdrawal, Scope::All, true)));
-        let m = merge(
-            Some((Trigger::Threshold, Scope::Due, false)),
-            (Trigger::Retry, Scope::Due, false),
-        );
-        assert_eq!(m, Some((Trigger::Retry, Scope::Due, false)));
     }
 }

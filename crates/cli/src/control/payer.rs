@@ -21,7 +21,8 @@ use paychan_core::{
     amount::parse_u128,
     batch::{
         BatchRequirements, ChannelConfig,
-        eip712::{Eip712Domain, ReceiveWithAuthorization, deposit_nonce},
+        eip712::Eip712Domain,
+        payer::{Erc3009Terms, sign_erc3009_authorization},
     },
     codec,
     sig::LocalSigner,
@@ -31,10 +32,7 @@ use paychan_store::{JournalState, MemStore};
 use serde_json::json;
 
 use super::{EXIT_CODES, Failure, Outcome, output, waiting};
-
-/// The environment variable holding the payer's key when no `--key-file` is given (the same as
-/// `paychan call`'s).
-pub(crate) const PAYER_KEY_ENV: &str = "PAYCHAN_PAYER_KEY";
+use crate::config::PAYER_KEY_ENV;
 
 fn amount_arg(s: &str) -> Result<u128, String> {
     parse_u128(s).map_err(|e| format!("{s:?}: {e} (an amount in the token's atomic units)"))
@@ -440,30 +438,28 @@ async fn deposit(ctx: &Ctx, config: &ChannelConfig, id: B256, amount: u128) -> O
         )
         .0,
     );
-    let collector = r.config().erc3009_collector;
-    let auth = ReceiveWithAuthorization {
-        from: ctx.key.address(),
-        to: collector,
-        value: U256::from(amount),
-        valid_after: U256::ZERO,
-        valid_before,
-        nonce: deposit_nonce(id, salt),
-    };
     let token_domain = Eip712Domain::new(
         &ctx.offer.extra.name,
         &ctx.offer.extra.version,
         ctx.offer.chain_id,
         ctx.offer.asset,
     );
-    let sig = ctx
-        .key
-        .sign_digest(&auth.digest(&token_domain))
-        .map_err(|_| Failure::new(1, "signing the deposit authorization failed"))?;
-    let data = paychan_bindings::convert::erc3009_collector_data(
-        U256::ZERO,
+    let terms = Erc3009Terms {
+        from: ctx.key.address(),
+        collector: r.config().erc3009_collector,
+        channel_id: id,
+        amount,
+        valid_after: U256::ZERO,
         valid_before,
         salt,
-        &sig.to_bytes(),
+    };
+    let auth = sign_erc3009_authorization(&token_domain, &terms, &ctx.key)
+        .map_err(|_| Failure::new(1, "signing the deposit authorization failed"))?;
+    let data = paychan_bindings::convert::erc3009_collector_data(
+        auth.valid_after,
+        auth.valid_before,
+        auth.salt,
+        &auth.signature,
     );
     let relayer = Relayer::new(r.clone(), MemStore::new(), ctx.key.clone());
     let entry = relayer

@@ -20,8 +20,7 @@ use paychan_chain::ChainReader;
 use paychan_client::{DepositPolicy, Payer, SpendPolicy};
 use paychan_store::{SledStore, SledStoreConfig};
 
-/// The environment variable holding the payer's key when no `--key-file` is given.
-pub(crate) const PAYER_KEY_ENV: &str = "PAYCHAN_PAYER_KEY";
+use crate::config::PAYER_KEY_ENV;
 
 /// A per-period limit: an amount, or `none` for no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

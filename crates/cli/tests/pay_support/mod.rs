@@ -38,43 +38,24 @@ impl Stack {
         let relayer_key = dir.path().join("relayer.key");
         write_secret(&relayer_key, &chain.account(Role::Relayer).key.to_string());
         let config = dir.path().join("paychan.toml");
-        std::fs::write(
-            &config,
-            format!(
+        support::ServeConfig::new(&chain)
+            .top(&format!(
                 r#"
-data_dir = "store"
 upstream = "{upstream}"
 operator_listen = "127.0.0.1:0"
 demo_price_per_token = "30"
-
-[chain]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-
-[payment]
-receiver = "{receiver}"
-receiver_authorizer = "{authorizer}"
-asset = "{token}"
-asset_name = "USD Coin"
-asset_version = "2"
-
+"#
+            ))
+            .table(&format!(
+                r#"
 [facilitator]
 use = "local"
 relayer_key_file = "{relayer_key}"
-
-[[route]]
-path = "/v1/*"
-price = "{PRICE}"
 "#,
-                rpc = chain.rpc_url(),
-                chain_id = chain.chain_id(),
-                receiver = chain.account(Role::Receiver).address,
-                authorizer = chain.account(Role::ReceiverAuthorizer).address,
-                token = chain.contracts().token,
                 relayer_key = relayer_key.display(),
-            ),
-        )
-        .unwrap();
+            ))
+            .route("/v1/*", PRICE)
+            .write(&config);
         let server = support::start_server(&config);
         Self { chain, dir, server }
     }

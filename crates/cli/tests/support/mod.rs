@@ -1,5 +1,5 @@
-//! `paychan serve` as a child process, and the raw-socket helpers the attack tests share, for
-//! the binary's tests.
+//! `paychan serve` as a child process, its config file ([`ServeConfig`]), and the raw-socket
+//! helpers the attack tests share, for the binary's tests.
 
 #![allow(dead_code)]
 
@@ -7,6 +7,80 @@ use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
 };
+
+/// A `paychan.toml` for `paychan serve` against a dev chain: `data_dir = "store"`, `[chain]` and
+/// `[payment]` (the dev receiver, receiver authorizer and token) always; each test adds its
+/// top-level keys and further tables.
+pub struct ServeConfig {
+    top: Vec<String>,
+    chain: String,
+    tables: Vec<String>,
+}
+
+impl ServeConfig {
+    pub fn new(chain: &paychan_devchain::DevChain) -> Self {
+        use paychan_devchain::Role;
+        let chain = format!(
+            r#"[chain]
+rpc_url = "{rpc}"
+chain_id = {chain_id}
+
+[payment]
+receiver = "{receiver}"
+receiver_authorizer = "{authorizer}"
+asset = "{token}"
+asset_name = "USD Coin"
+asset_version = "2"
+"#,
+            rpc = chain.rpc_url(),
+            chain_id = chain.chain_id(),
+            receiver = chain.account(Role::Receiver).address,
+            authorizer = chain.account(Role::ReceiverAuthorizer).address,
+            token = chain.contracts().token,
+        );
+        Self {
+            top: vec![r#"data_dir = "store""#.to_owned()],
+            chain,
+            tables: Vec::new(),
+        }
+    }
+
+    /// Top-level keys (before the first table), e.g. `upstream = "demo"`.
+    pub fn top(mut self, lines: &str) -> Self {
+        self.top.push(lines.trim().to_owned());
+        self
+    }
+
+    /// A table (or array-of-tables entry) after `[payment]`, e.g. a `[[route]]`.
+    pub fn table(mut self, text: &str) -> Self {
+        self.tables.push(text.trim().to_owned());
+        self
+    }
+
+    /// A paid `[[route]]` for `path` at `price` (atomic units).
+    pub fn route(self, path: &str, price: u128) -> Self {
+        self.table(&format!(
+            "[[route]]\npath = \"{path}\"\nprice = \"{price}\""
+        ))
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = self.top.join("\n");
+        out.push_str("\n\n");
+        out.push_str(&self.chain);
+        for t in &self.tables {
+            out.push('\n');
+            out.push_str(t);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Writes the file.
+    pub fn write(&self, path: &std::path::Path) {
+        std::fs::write(path, self.text()).unwrap();
+    }
+}
 
 pub struct Server {
     pub child: Child,

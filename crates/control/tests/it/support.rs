@@ -12,7 +12,6 @@ use paychan_core::{
         payer::{PayerChannel, channel_config_for},
     },
     sig::LocalSigner,
-    x402::{PaymentPayload, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ESCROW, Role};
 use paychan_engine::{Begin, Decline, Engine, EngineConfig, NoFacilitator};
@@ -108,7 +107,7 @@ impl Env {
         let reader = ChainReader::connect(fast(chain.rpc_url())).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EngineConfig::new(domain);
-        cfg.receiver_authorizer = Some(key(&chain, Role::ReceiverAuthorizer));
+        cfg.receiver_authorizer = Some(chain.account(Role::ReceiverAuthorizer).local_signer());
         // A mirror (`apply_onchain`) holds a channel's lock for a moment; a request arriving
         // then waits instead of being refused `channel_busy`.
         cfg.busy_wait = Duration::from_secs(2);
@@ -125,7 +124,7 @@ impl Env {
     }
 
     pub fn key(&self, role: Role) -> LocalSigner {
-        key(&self.chain, role)
+        self.chain.account(role).local_signer()
     }
 
     pub fn receiver(&self) -> Address {
@@ -211,13 +210,7 @@ impl Env {
         let v =
             p.pc.voucher_payload(&self.domain, &p.key, self.offer.amount)
                 .unwrap();
-        let payload = PaymentPayload {
-            x402_version: X402_VERSION,
-            resource: None,
-            accepted: self.offer.to_generic(),
-            payload: BatchPayload::Voucher(v),
-            extensions: None,
-        };
+        let payload = paychan_devchain::payment(&self.offer, BatchPayload::Voucher(v));
         let ticket = match self.engine.begin(&payload, &self.offer).await? {
             Begin::Serve(t) => t,
             Begin::Done(_) => panic!("expected a reservation"),
@@ -232,12 +225,7 @@ impl Env {
 
     /// Transactions mined from `who` (its nonce).
     pub async fn nonce(&self, who: Address) -> u64 {
-        use alloy::providers::Provider;
-        self.chain
-            .provider()
-            .get_transaction_count(who)
-            .await
-            .unwrap()
+        self.chain.nonce(who).await.unwrap()
     }
 
     /// (balance, claimed) on chain.
@@ -245,10 +233,6 @@ impl Env {
         let st = self.chain.onchain_state(id).await.unwrap();
         (st.balance, st.total_claimed)
     }
-}
-
-fn key(chain: &DevChain, role: Role) -> LocalSigner {
-    LocalSigner::from_bytes(&chain.account(role).key).unwrap()
 }
 
 /// Fast adapter settings against `url`.

@@ -19,7 +19,6 @@ use paychan_core::{
         payer::{PayerChannel, channel_config_for},
     },
     sig::LocalSigner,
-    x402::{PaymentPayload, X402_VERSION},
 };
 use paychan_devchain::{DevChain, ESCROW, Role};
 pub use paychan_devchain::{RpcProxy, eventually};
@@ -96,7 +95,7 @@ impl Env {
     }
 
     pub fn key(&self, role: Role) -> LocalSigner {
-        LocalSigner::from_bytes(&self.chain.account(role).key).unwrap()
+        self.chain.account(role).local_signer()
     }
 
     pub fn authorizer(&self) -> LocalSigner {
@@ -161,8 +160,12 @@ impl Env {
             let mut tasks = Vec::new();
             for &i in chunk {
                 let salt = seed * 10_000 + i as u64;
-                let config =
-                    channel_config_for(&self.offer, key.address(), key.address(), salt_of(salt));
+                let config = channel_config_for(
+                    &self.offer,
+                    key.address(),
+                    key.address(),
+                    paychan_devchain::salt(salt),
+                );
                 let data = self.deposit_data(&key, &config, deposit, salt).await;
                 let r = setup.clone();
                 tasks.push(tokio::spawn(async move {
@@ -208,13 +211,7 @@ impl Env {
         let v =
             p.pc.voucher_payload(&self.domain, &p.key, self.offer.amount)
                 .unwrap();
-        let payload = PaymentPayload {
-            x402_version: X402_VERSION,
-            resource: None,
-            accepted: self.offer.to_generic(),
-            payload: BatchPayload::Voucher(v),
-            extensions: None,
-        };
+        let payload = paychan_devchain::payment(&self.offer, BatchPayload::Voucher(v));
         let ticket = match engine.begin(&payload, &self.offer).await.unwrap() {
             Begin::Serve(t) => t,
             Begin::Done(_) => panic!("expected a reservation"),
@@ -231,13 +228,7 @@ impl Env {
         p: &mut Payer,
     ) -> u128 {
         let r = p.pc.refund_payload(&self.domain, &p.key, None).unwrap();
-        let payload = PaymentPayload {
-            x402_version: X402_VERSION,
-            resource: None,
-            accepted: self.offer.to_generic(),
-            payload: BatchPayload::Refund(r),
-            extensions: None,
-        };
+        let payload = paychan_devchain::payment(&self.offer, BatchPayload::Refund(r));
         let resp = match engine.begin(&payload, &self.offer).await.unwrap() {
             Begin::Done(resp) => resp,
             Begin::Serve(_) => panic!("a refund is a payment operation"),
@@ -258,11 +249,7 @@ impl Env {
 
     /// Transactions mined from `who` (its nonce).
     pub async fn nonce(&self, who: Address) -> u64 {
-        self.chain
-            .provider()
-            .get_transaction_count(who)
-            .await
-            .unwrap()
+        self.chain.nonce(who).await.unwrap()
     }
 
     /// Sends `who` 1 ETH from the deployer (payers hold none).
@@ -305,10 +292,6 @@ pub fn policy() -> SettlePolicy {
         max_backoff: Duration::from_secs(1),
         ..SettlePolicy::manual()
     }
-}
-
-pub fn salt_of(n: u64) -> B256 {
-    B256::from(U256::from(n))
 }
 
 /// Runs the settler until the returned sender fires.
