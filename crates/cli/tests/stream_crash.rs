@@ -22,7 +22,7 @@ use paychan_core::{
     sig::LocalSigner,
     x402::{PaymentPayload, X402_VERSION},
 };
-use paychan_devchain::{DevChain, ESCROW, Role};
+use paychan_devchain::{DevChain, ESCROW};
 use paychan_store::{SledStore, SledStoreConfig, Store};
 use serde_json::{Value, json};
 use support::start_server;
@@ -112,45 +112,25 @@ async fn a_sigkill_mid_stream_keeps_every_charged_chunk_and_charges_nothing_more
     tokio::spawn(async move { axum::serve(upstream, app).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("paychan.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-data_dir = "store"
-upstream = "{upstream_url}"
-operator_listen = "off"
-
-[chain]
-rpc_url = "{rpc}"
-chain_id = {chain_id}
-
-[payment]
-receiver = "{receiver}"
-receiver_authorizer = "{authorizer}"
-asset = "{token}"
-asset_name = "USD Coin"
-asset_version = "2"
-
-[[route]]
+    support::ServeConfig::new(&chain)
+        .top(&format!(
+            "upstream = \"{upstream_url}\"\noperator_listen = \"off\""
+        ))
+        .table(&format!(
+            r#"[[route]]
 path = "/v1/chat/completions"
 method = "POST"
 price = "{PRICE}"
-per_token = {{ input = "1", output = "100" }}
-
-[[route]]
+per_token = {{ input = "1", output = "100" }}"#
+        ))
+        .table(&format!(
+            r#"[[route]]
 path = "/v1/long"
 method = "POST"
 price = "{PRICE}"
-per_chunk = {{ tokens = 5, voucher_wait_secs = 30 }}
-"#,
-            rpc = chain.rpc_url(),
-            chain_id = chain.chain_id(),
-            receiver = chain.account(Role::Receiver).address,
-            authorizer = chain.account(Role::ReceiverAuthorizer).address,
-            token = chain.contracts().token,
-        ),
-    )
-    .unwrap();
+per_chunk = {{ tokens = 5, voucher_wait_secs = 30 }}"#
+        ))
+        .write(&config);
     let offer = chain.offer(PRICE);
     let mut channels = Vec::new();
     for i in 0..2u64 {
