@@ -11,7 +11,7 @@ use paychan_core::{
 };
 use paychan_devchain::{DevChain, ESCROW};
 use paychan_engine::{Engine, EngineConfig, NoFacilitator};
-use paychan_server::{PaidRoute, PaidState, Upstream, app, operator_app, serve};
+use paychan_server::{PaidRoute, PaidState, Upstream, app, demo::DemoConfig, operator_app, serve};
 use paychan_store::{SledStore, SledStoreConfig};
 
 pub const PRICE: u128 = 5_000;
@@ -140,4 +140,28 @@ pub async fn raw(url: &str, request: &str) -> String {
     let mut buf = vec![0u8; 4096];
     let n = c.read(&mut buf).await.unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// An OpenAI-style chat request body.
+pub fn chat(prompt: &str) -> serde_json::Value {
+    serde_json::json!({"model": "paychan-demo", "messages": [{"role": "user", "content": prompt}]})
+}
+
+pub fn demo() -> Upstream {
+    Upstream::Demo(DemoConfig {
+        price_per_token: 100,
+    })
+}
+
+/// A voucher header for the next charge with its signature altered.
+pub fn bad_signature(good: &str) -> String {
+    let mut v: serde_json::Value = codec::decode(good).unwrap();
+    let sig = v["payload"]["voucher"]["signature"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut bytes = sig.into_bytes();
+    bytes[10] = if bytes[10] == b'1' { b'2' } else { b'1' };
+    v["payload"]["voucher"]["signature"] = String::from_utf8(bytes).unwrap().into();
+    codec::encode(&v)
 }
