@@ -6,7 +6,7 @@
 //! cargo bench -p paychan-benches --bench e2e -- [--parts load,ref,exact,life,perf,chart]
 //!     [--channels 1,16,256,4096] [--ref-channels 1,16,256] [--secs 8] [--warmup-secs 2]
 //!     [--life-calls 1000,10000] [--life-channels 16] [--perf-channels 256] [--perf-secs 8]
-//!     [--out DIR] [--engine]
+//!     [--perf-call-graph fp|dwarf] [--out DIR] [--engine]
 //! ```
 //!
 //! What runs (all on one dev chain, anvil, with paychan's contracts at the canonical addresses):
@@ -41,7 +41,7 @@
 //! * **life** (`--parts life`): K channels (`--life-channels`) make C calls each, then claim,
 //!   settle and a cooperative refund of every channel; gas of every transaction from the first
 //!   deposit on (receipts, by function) divided by K × C.
-//! * **perf** (`--parts perf`): `perf record -g` on the paid server during a paid pass; the top
+//! * **perf** (`--parts perf`): `perf record` (`--perf-call-graph fp|dwarf`) on the paid server during a paid pass; the top
 //!   symbols are written to `<out>/perf-report.txt` (flat self time summed by family —
 //!   secp256k1, kernel, allocator, HTTP, JSON, … — with µs per call, then by shared object and by
 //!   symbol) and printed.
@@ -112,6 +112,10 @@ struct Args {
     life_channels: usize,
     perf_channels: usize,
     perf_secs: f64,
+    /// `perf record --call-graph` mode: `fp` (frame pointers; the release binary has none, so
+    /// shallow) or `dwarf` (unwinds through `.eh_frame`: whole call graphs without a rebuild,
+    /// more perf overhead and data).
+    perf_call_graph: String,
     ref_channels: Vec<usize>,
     half_load_channels: usize,
     out: PathBuf,
@@ -141,6 +145,7 @@ fn args() -> Args {
         life_channels: 16,
         perf_channels: 256,
         perf_secs: 8.0,
+        perf_call_graph: "fp".into(),
         ref_channels: vec![1, 16, 256],
         half_load_channels: 16,
         out: workspace().join("benches/results"),
@@ -161,6 +166,7 @@ fn args() -> Args {
             "--perf-channels" => a.perf_channels = v().parse().unwrap_or(a.perf_channels),
             "--perf-secs" => a.perf_secs = v().parse().unwrap_or(a.perf_secs),
             "--ref-channels" => a.ref_channels = list(&v()),
+            "--perf-call-graph" => a.perf_call_graph = v(),
             "--half-load-channels" => {
                 a.half_load_channels = v().parse().unwrap_or(a.half_load_channels);
             }
@@ -851,8 +857,9 @@ fn show(p: &Pass) {
 fn families(report: &str, us_per_call: f64) -> String {
     let rules: [(&str, &[&str]); 11] = [
         (
-            "secp256k1 (k256, crypto_bigint)",
+            "secp256k1 (libsecp256k1, k256, crypto_bigint)",
             &[
+                "secp256k1",
                 "k256",
                 "crypto_bigint",
                 "elliptic_curve",
@@ -1423,7 +1430,7 @@ async fn main() {
     let mut perf_top = String::new();
     if want("perf") {
         let n = a.perf_channels;
-        eprintln!("e2e: perf record -g on the paid server, {n} channels");
+        eprintln!("e2e: perf record on the paid server, {n} channels");
         seed += 1;
         let pc = Client {
             http: http.clone(),
@@ -1434,9 +1441,14 @@ async fn main() {
         let pid = paid.pid();
         let secs = a.perf_secs;
         let data2 = data.clone();
+        let (call_graph, hz) = if a.perf_call_graph == "dwarf" {
+            ("dwarf,8192", "299")
+        } else {
+            ("fp", "999")
+        };
         let record = move || {
             let st = Command::new("perf")
-                .args(["record", "-g", "-F", "999", "-o"])
+                .args(["record", "--call-graph", call_graph, "-F", hz, "-o"])
                 .arg(&data2)
                 .args(["-p", &pid.to_string(), "--", "sleep", &format!("{secs}")])
                 .stdout(Stdio::null())
@@ -1487,7 +1499,7 @@ async fn main() {
         };
         let by_symbol = report("dso,symbol");
         let text = format!(
-            "# perf record -g -F 999 on the paid server, {n} channels, {:.0} paid calls/s, {:.1} µs of server CPU per call\n\n## by family\n{}\n## by shared object\n{}\n## by symbol\n{}",
+            "# perf record --call-graph {call_graph} -F {hz} on the paid server, {n} channels, {:.0} paid calls/s, {:.1} µs of server CPU per call\n\n## by family\n{}\n## by shared object\n{}\n## by symbol\n{}",
             p.throughput,
             p.server_cpu_us_per_call,
             families(&by_symbol, p.server_cpu_us_per_call),
