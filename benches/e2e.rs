@@ -3,9 +3,10 @@
 //! trip per call once the terms are known), beside an unpaid pass-through of the same upstream.
 //!
 //! ```text
-//! cargo bench -p paychan-benches --bench e2e -- [--parts load,life,perf,chart] [--channels 1,16,256,4096]
-//!     [--secs 8] [--warmup-secs 2] [--life-calls 1000,10000] [--life-channels 16]
-//!     [--perf-channels 256] [--perf-secs 8] [--out DIR] [--engine]
+//! cargo bench -p paychan-benches --bench e2e -- [--parts load,ref,exact,life,perf,chart]
+//!     [--channels 1,16,256,4096] [--ref-channels 1,16,256] [--secs 8] [--warmup-secs 2]
+//!     [--life-calls 1000,10000] [--life-channels 16] [--perf-channels 256] [--perf-secs 8]
+//!     [--perf-call-graph fp|dwarf] [--out DIR] [--engine]
 //! ```
 //!
 //! What runs (all on one dev chain, anvil, with paychan's contracts at the canonical addresses):
@@ -25,14 +26,26 @@
 //!   paid server claims every channel and settles (`paychan channel claim --all`, `settle`, over
 //!   its gRPC control plane), and the gas per paid call is the gas of those receipts over every
 //!   paid call the channels made.
+//! * **ref** (`--parts ref`): the x402 reference TypeScript server (`@x402/express` payment
+//!   middleware, the reference batch-settlement server scheme and facilitator in process;
+//!   `benches/reference-bench.mjs serve`, a node child process) in front of the same demo-like
+//!   upstream (an OpenAI-style echo, answered in the same process), paid by the same Rust load
+//!   as paychan (`Payer`, one channel per task) at each of `--ref-channels`; then its channel
+//!   manager claims and settles, for the gas per paid call. Its transactions go out from a dev
+//!   account of their own.
+//! * **exact** (`--parts exact`): the reference stack end to end with the `exact` scheme: the
+//!   reference client (`@x402/fetch`, `reference-bench.mjs load`, a second node process, N
+//!   loops) pays a reference server (`exact` server scheme and facilitator) by EIP-3009
+//!   `transferWithAuthorization` on the dev stablecoin, one transfer per call, settled before
+//!   the answer. Client CPU is that node process's; gas is each transfer's.
 //! * **life** (`--parts life`): K channels (`--life-channels`) make C calls each, then claim,
 //!   settle and a cooperative refund of every channel; gas of every transaction from the first
 //!   deposit on (receipts, by function) divided by K × C.
-//! * **perf** (`--parts perf`): `perf record -g` on the paid server during a paid pass; the top
+//! * **perf** (`--parts perf`): `perf record` (`--perf-call-graph fp|dwarf`) on the paid server during a paid pass; the top
 //!   symbols are written to `<out>/perf-report.txt` (flat self time summed by family —
 //!   secp256k1, kernel, allocator, HTTP, JSON, … — with µs per call, then by shared object and by
 //!   symbol) and printed.
-//! * **chart**: SVGs of throughput and p99 against channels (`<out>/e2e-throughput.svg`,
+//! * **chart**: SVGs (log scales) of throughput and p99 against channels for the four servers (`<out>/e2e-throughput.svg`,
 //!   `<out>/e2e-p99.svg`), and the table as Markdown (`<out>/e2e.md`) and JSON (`<out>/e2e.json`).
 //! * `--engine`: also runs the in-process engine benchmarks (`engine_load -- throughput` and
 //!   `engine_load -- scale`) through cargo.
@@ -99,6 +112,11 @@ struct Args {
     life_channels: usize,
     perf_channels: usize,
     perf_secs: f64,
+    /// `perf record --call-graph` mode: `fp` (frame pointers; the release binary has none, so
+    /// shallow) or `dwarf` (unwinds through `.eh_frame`: whole call graphs without a rebuild,
+    /// more perf overhead and data).
+    perf_call_graph: String,
+    ref_channels: Vec<usize>,
     half_load_channels: usize,
     out: PathBuf,
     engine: bool,
@@ -119,7 +137,7 @@ fn workspace() -> PathBuf {
 
 fn args() -> Args {
     let mut a = Args {
-        parts: list("load,life,perf,chart"),
+        parts: list("load,ref,exact,life,perf,chart"),
         channels: vec![1, 16, 256, 4096],
         secs: 8.0,
         warmup_secs: 2.0,
@@ -127,6 +145,8 @@ fn args() -> Args {
         life_channels: 16,
         perf_channels: 256,
         perf_secs: 8.0,
+        perf_call_graph: "fp".into(),
+        ref_channels: vec![1, 16, 256],
         half_load_channels: 16,
         out: workspace().join("benches/results"),
         engine: false,
@@ -145,6 +165,8 @@ fn args() -> Args {
             "--life-channels" => a.life_channels = v().parse().unwrap_or(a.life_channels),
             "--perf-channels" => a.perf_channels = v().parse().unwrap_or(a.perf_channels),
             "--perf-secs" => a.perf_secs = v().parse().unwrap_or(a.perf_secs),
+            "--ref-channels" => a.ref_channels = list(&v()),
+            "--perf-call-graph" => a.perf_call_graph = v(),
             "--half-load-channels" => {
                 a.half_load_channels = v().parse().unwrap_or(a.half_load_channels);
             }
@@ -249,7 +271,9 @@ fn paychan_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PAYCHAN_BIN") {
         return PathBuf::from(p);
     }
-    let bin = workspace().join("target/release/paychan");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
+    let bin = target.join("release/paychan");
     eprintln!("e2e: cargo build --release -p paychan-cli (PAYCHAN_BIN skips this)");
     let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
@@ -470,6 +494,15 @@ fn function_name(input: &str) -> String {
             return name.into();
         }
     }
+    // The `exact` scheme's transfer (EIP-3009), in both of its signature encodings.
+    for sig in [
+        "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)",
+        "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)",
+    ] {
+        if alloy_primitives::hex::encode(&alloy_primitives::keccak256(sig)[..4]) == sel {
+            return "transferWithAuthorization".into();
+        }
+    }
     format!("0x{sel}")
 }
 
@@ -525,6 +558,11 @@ fn gas_text(g: &BTreeMap<String, (u64, u64)>) -> String {
 enum Kind {
     Paid,
     Unpaid,
+    /// The reference TypeScript server (`@x402/express`, batch-settlement), paid by the same
+    /// Rust load as paychan.
+    RefBatch,
+    /// The reference stack end to end with the `exact` scheme: one EIP-3009 transfer per call.
+    RefExact,
 }
 
 impl Kind {
@@ -532,6 +570,8 @@ impl Kind {
         match self {
             Kind::Paid => "paychan paid",
             Kind::Unpaid => "unpaid pass-through",
+            Kind::RefBatch => "reference TS server, batch-settlement",
+            Kind::RefExact => "reference stack, exact",
         }
     }
 }
@@ -817,8 +857,9 @@ fn show(p: &Pass) {
 fn families(report: &str, us_per_call: f64) -> String {
     let rules: [(&str, &[&str]); 11] = [
         (
-            "secp256k1 (k256, crypto_bigint)",
+            "secp256k1 (libsecp256k1, k256, crypto_bigint)",
             &[
+                "secp256k1",
                 "k256",
                 "crypto_bigint",
                 "elliptic_curve",
@@ -867,6 +908,222 @@ fn families(report: &str, us_per_call: f64) -> String {
         .join("\n")
 }
 
+// ---------------------------------------------------------------- the reference stack (node)
+
+/// A `node benches/reference-bench.mjs <mode>` child: JSON lines on stdout, commands on stdin,
+/// diagnostics to a log file in the output directory.
+struct Node {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Node {
+    fn spawn(mode: &str, env: &[(&str, String)], log: &Path) -> Self {
+        for pkg in [
+            "@x402/evm",
+            "@x402/core",
+            "@x402/express",
+            "@x402/fetch",
+            "express",
+            "viem",
+        ] {
+            let manifest = workspace()
+                .join("node_modules")
+                .join(pkg)
+                .join("package.json");
+            assert!(
+                manifest.is_file(),
+                "{} is missing: run `npm ci` at the repository root",
+                manifest.display()
+            );
+        }
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(workspace().join("benches/reference-bench.mjs"))
+            .arg(mode)
+            .current_dir(workspace())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn node (>= 20, on PATH)");
+        let stdin = child.stdin.take();
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// The next JSON line; panics on an `error` event, a timeout or an exit.
+    async fn line(&mut self, within: Duration, log: &Path) -> Value {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("node did not answer in time; see {}", log.display()))
+            .unwrap()
+            .unwrap_or_else(|| panic!("node exited; see {}", log.display()));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_ne!(v["event"], "error", "{v}; see {}", log.display());
+        v
+    }
+
+    async fn send(&mut self, command: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+}
+
+/// What every mode of the script needs: the chain, the token, the receiver, the price.
+fn node_env(chain: &DevChain) -> Vec<(&'static str, String)> {
+    vec![
+        ("PAYCHAN_RPC_URL", chain.rpc_url().to_string()),
+        ("PAYCHAN_CHAIN_ID", chain.chain_id().to_string()),
+        ("PAYCHAN_TOKEN", chain.contracts().token.to_checksum(None)),
+        ("PAYCHAN_TOKEN_NAME", chain.config().token_name.clone()),
+        (
+            "PAYCHAN_TOKEN_VERSION",
+            chain.config().token_version.clone(),
+        ),
+        (
+            "PAYCHAN_RECEIVER_ADDRESS",
+            chain.account(Role::Receiver).address.to_checksum(None),
+        ),
+        ("PAYCHAN_PRICE", PRICE.to_string()),
+    ]
+}
+
+/// A reference server (`serve` mode) for `scheme`. Its transactions go out from a dev account
+/// of its own (paychan's servers use the relayer's), so that neither's nonces race the other's.
+async fn reference_server(chain: &DevChain, scheme: &str, log: &Path) -> (Node, String) {
+    let mut env = node_env(chain);
+    env.push(("PAYCHAN_SCHEME", scheme.to_string()));
+    env.push((
+        "PAYCHAN_RELAYER_KEY",
+        chain.account(Role::Payer(5)).key.to_string(),
+    ));
+    env.push((
+        "PAYCHAN_RECEIVER_AUTHORIZER_KEY",
+        chain.account(Role::ReceiverAuthorizer).key.to_string(),
+    ));
+    let mut node = Node::spawn("serve", &env, log);
+    let hello = node.line(Duration::from_secs(60), log).await;
+    assert_eq!(hello["event"], "listening", "{hello}");
+    let url = hello["url"].as_str().unwrap().to_owned();
+    (node, url)
+}
+
+/// The secret of `DevChain::funded_payer(seed, …)`, for a payer that is not this process.
+fn funded_payer_secret(seed: u64) -> alloy_primitives::B256 {
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(b"paychan!");
+    secret[24..].copy_from_slice(&seed.to_be_bytes());
+    alloy_primitives::B256::from(secret)
+}
+
+/// One `exact` pass: the reference client (`load` mode, its own node process) with `n` loops
+/// against the reference `exact` server; measured like [`pass`], the client CPU being the load
+/// process's. Every call is one transfer on chain; the gas column is the gas of each.
+async fn exact_pass(
+    chain: &DevChain,
+    url: &str,
+    n: usize,
+    seed: u64,
+    a: &Args,
+    server_pid: u32,
+    chain_pid: u32,
+) -> Pass {
+    // enough for every call the pass can make at the price
+    let key = chain.funded_payer(seed, PRICE * 10_000_000).await.unwrap();
+    let secret = funded_payer_secret(seed);
+    assert_eq!(
+        LocalSigner::from_bytes(&secret).unwrap().address(),
+        key.address(),
+        "the dev chain's payer keys changed"
+    );
+    let log = a.out.join("reference-exact-load.log");
+    let mut env = node_env(chain);
+    env.push(("PAYCHAN_URL", url.to_string()));
+    env.push(("PAYCHAN_CONCURRENCY", n.to_string()));
+    env.push(("PAYCHAN_PAYER_KEY", secret.to_string()));
+    let b0 = block_number(chain).await + 1;
+    let t_open = Instant::now();
+    let mut load = Node::spawn("load", &env, &log);
+    let ready = load.line(Duration::from_secs(600), &log).await;
+    assert_eq!(ready["event"], "ready", "{ready}");
+    eprintln!(
+        "  {n} loops started ({:.1} s for the first calls)",
+        t_open.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs_f64(a.warmup_secs)).await;
+    let lp = load.pid();
+    let loadavg_before = format!("loadavg {} (before)", loadavg());
+    let (s0, c0, a0) = (cpu_secs(server_pid), cpu_secs(lp), cpu_secs(chain_pid));
+    let m0 = machine_busy_secs();
+    let t0 = Instant::now();
+    load.send("measure").await;
+    let m = load.line(Duration::from_secs(30), &log).await;
+    assert_eq!(m["event"], "measuring", "{m}");
+    tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
+    let (s1, c1, a1) = (cpu_secs(server_pid), cpu_secs(lp), cpu_secs(chain_pid));
+    let m1 = machine_busy_secs();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let rss = rss_mib(server_pid);
+    load.send("stop").await;
+    let r = load.line(Duration::from_secs(120), &log).await;
+    assert_eq!(r["event"], "result", "{r}");
+    drop(load);
+    let b1 = block_number(chain).await;
+    let g = gas_by_function(chain, b0, b1).await;
+    let (transfers, transfer_gas) = g
+        .get("transferWithAuthorization")
+        .copied()
+        .unwrap_or_default();
+    eprintln!("  on chain: {}", gas_text(&g));
+    let calls = r["calls"].as_u64().unwrap_or(0);
+    let secs = r["secs"].as_f64().unwrap_or(elapsed).max(1e-9);
+    let per = |d: f64| {
+        if calls == 0 {
+            0.0
+        } else {
+            d * 1e6 / calls as f64
+        }
+    };
+    Pass {
+        kind: Kind::RefExact.name().into(),
+        channels: n,
+        paced: 0.0,
+        calls,
+        errors: r["errors"].as_u64().unwrap_or(0),
+        secs,
+        throughput: calls as f64 / secs,
+        p50_us: r["p50_us"].as_u64().unwrap_or(0),
+        p99_us: r["p99_us"].as_u64().unwrap_or(0),
+        p999_us: r["p999_us"].as_u64().unwrap_or(0),
+        server_cpu_us_per_call: per(s1 - s0),
+        client_cpu_us_per_call: per(c1 - c0),
+        chain_cpu_us_per_call: per(a1 - a0),
+        server_rss_mib: rss,
+        other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (a1 - a0)).max(0.0) / elapsed,
+        gas_per_call: (transfers > 0).then(|| transfer_gas as f64 / transfers as f64),
+        load: loadavg_before,
+    }
+}
+
 // ---------------------------------------------------------------- charts
 
 fn chart(out: &Path, file: &str, title: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)]) {
@@ -879,27 +1136,42 @@ fn chart(out: &Path, file: &str, title: &str, y_desc: &str, series: &[(String, V
         .flat_map(|s| s.1.iter().map(|p| p.0))
         .fold(1.0f64, f64::max)
         * 1.5;
-    let ymax = series
-        .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.1))
-        .fold(1.0f64, f64::max)
-        * 1.15;
+    // log scale on both axes: the four servers lie two to three orders of magnitude apart
+    let ys = || {
+        series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .filter(|y| *y > 0.0)
+    };
+    let ymax = ys().fold(1e-3f64, f64::max) * 1.5;
+    let ymin = ys().fold(ymax, f64::min) / 1.5;
     let mut c = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(70)
-        .build_cartesian_2d((0.7f64..xmax).log_scale(), 0f64..ymax)
+        .build_cartesian_2d((0.7f64..xmax).log_scale(), (ymin..ymax).log_scale())
         .unwrap();
     c.configure_mesh()
         .x_desc("channels (concurrent requests, closed loop)")
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| {
+            if *y >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.2}")
+            }
+        })
         .draw()
         .unwrap();
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
     for (i, (name, pts)) in series.iter().enumerate() {
         let col = colors[i % colors.len()];
+        let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1 > 0.0).collect();
+        if pts.is_empty() {
+            continue;
+        }
         c.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2)))
             .unwrap()
             .label(name.as_str())
@@ -1043,6 +1315,64 @@ async fn main() {
         }
     }
 
+    if want("ref") {
+        let log = a.out.join("reference-batch-server.log");
+        let (mut node, url) = reference_server(&chain, "batch-settlement", &log).await;
+        eprintln!(
+            "e2e: reference batch-settlement server pid {} at {url}",
+            node.pid()
+        );
+        for &n in &a.ref_channels {
+            eprintln!("e2e: reference batch-settlement server, {n} channels");
+            seed += 1;
+            let rc = Client {
+                http: http.clone(),
+                url: url.parse().unwrap(),
+                payer: Some(payer(&chain, seed, n, http.clone()).await),
+            };
+            let (mut p, total) = pass(
+                &rc,
+                Kind::RefBatch,
+                n,
+                0.0,
+                a.warmup_secs,
+                a.secs,
+                node.pid(),
+                chain_pid,
+                None,
+            )
+            .await;
+            let b1 = block_number(&chain).await;
+            node.send("settle").await;
+            let settled = node.line(Duration::from_secs(600), &log).await;
+            assert_eq!(settled["event"], "settled", "{settled}");
+            let b2 = block_number(&chain).await;
+            let g = gas_by_function(&chain, b1 + 1, b2).await;
+            let settle_gas = gas_sum(&g, &["claimWithSignature", "claim", "settle", "multicall"]);
+            p.gas_per_call = (total > 0).then(|| settle_gas as f64 / total as f64);
+            eprintln!(
+                "  claim + settle: {} over {total} paid calls = {:.3} gas/call",
+                gas_text(&g),
+                p.gas_per_call.unwrap_or(0.0)
+            );
+            show(&p);
+            passes.push(p);
+        }
+    }
+
+    if want("exact") {
+        let log = a.out.join("reference-exact-server.log");
+        let (node, url) = reference_server(&chain, "exact", &log).await;
+        eprintln!("e2e: reference exact server pid {} at {url}", node.pid());
+        for &n in &a.ref_channels {
+            eprintln!("e2e: reference stack, exact, {n} concurrent calls");
+            seed += 1;
+            let p = exact_pass(&chain, &url, n, seed, &a, node.pid(), chain_pid).await;
+            show(&p);
+            passes.push(p);
+        }
+    }
+
     if want("life") {
         for &calls in &a.life_calls {
             let k = a.life_channels;
@@ -1100,7 +1430,7 @@ async fn main() {
     let mut perf_top = String::new();
     if want("perf") {
         let n = a.perf_channels;
-        eprintln!("e2e: perf record -g on the paid server, {n} channels");
+        eprintln!("e2e: perf record on the paid server, {n} channels");
         seed += 1;
         let pc = Client {
             http: http.clone(),
@@ -1111,9 +1441,14 @@ async fn main() {
         let pid = paid.pid();
         let secs = a.perf_secs;
         let data2 = data.clone();
+        let (call_graph, hz) = if a.perf_call_graph == "dwarf" {
+            ("dwarf,8192", "299")
+        } else {
+            ("fp", "999")
+        };
         let record = move || {
             let st = Command::new("perf")
-                .args(["record", "-g", "-F", "999", "-o"])
+                .args(["record", "--call-graph", call_graph, "-F", hz, "-o"])
                 .arg(&data2)
                 .args(["-p", &pid.to_string(), "--", "sleep", &format!("{secs}")])
                 .stdout(Stdio::null())
@@ -1164,7 +1499,7 @@ async fn main() {
         };
         let by_symbol = report("dso,symbol");
         let text = format!(
-            "# perf record -g -F 999 on the paid server, {n} channels, {:.0} paid calls/s, {:.1} µs of server CPU per call\n\n## by family\n{}\n## by shared object\n{}\n## by symbol\n{}",
+            "# perf record --call-graph {call_graph} -F {hz} on the paid server, {n} channels, {:.0} paid calls/s, {:.1} µs of server CPU per call\n\n## by family\n{}\n## by shared object\n{}\n## by symbol\n{}",
             p.throughput,
             p.server_cpu_us_per_call,
             families(&by_symbol, p.server_cpu_us_per_call),
@@ -1192,7 +1527,7 @@ async fn main() {
     );
     let _ = writeln!(
         md,
-        "| server | channels | paced | calls/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/call | client CPU µs/call | anvil CPU µs/call | other load, cores | gas/paid call (claim + settle) | errors |"
+        "| server | channels | paced | calls/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/call | client CPU µs/call | anvil CPU µs/call | other load, cores | gas/paid call (claim + settle; exact: its transfer) | errors |"
     );
     let _ = writeln!(
         md,
@@ -1237,6 +1572,44 @@ async fn main() {
                 u.server_cpu_us_per_call
             );
         }
+    }
+    // paychan against the reference TypeScript server, both paid by the same Rust load
+    // generator (paychan-client) at the same channel counts.
+    let mut best = (0.0f64, 0.0f64);
+    for &n in &a.ref_channels {
+        let (Some(p), Some(r)) = (find(Kind::Paid, n, false), find(Kind::RefBatch, n, false))
+        else {
+            continue;
+        };
+        best = (best.0.max(p.throughput), best.1.max(r.throughput));
+        let _ = writeln!(
+            md,
+            "- {n} channels: paychan paid / reference TS server paid throughput {:.1}× (client CPU per call {:.1} µs against {:.1} µs); server CPU per paid call {:.1} µs against the reference's {:.1} µs ({:.1}×)",
+            p.throughput / r.throughput.max(1e-9),
+            p.client_cpu_us_per_call,
+            r.client_cpu_us_per_call,
+            p.server_cpu_us_per_call,
+            r.server_cpu_us_per_call,
+            r.server_cpu_us_per_call / p.server_cpu_us_per_call.max(1e-9)
+        );
+        if let Some(x) = find(Kind::RefExact, n, false) {
+            let _ = writeln!(
+                md,
+                "- {n} concurrent calls: paychan paid / reference `exact` throughput {:.1}×; `exact` costs {:.0} gas a call (one transfer each)",
+                p.throughput / x.throughput.max(1e-9),
+                x.gas_per_call.unwrap_or(0.0)
+            );
+        }
+    }
+    if best.1 > 0.0 {
+        let _ = writeln!(
+            md,
+            "- best paid throughput, same Rust load generator and channel counts ({:?}): paychan {:.0}/s, reference TS server {:.0}/s: **{:.1}×**",
+            a.ref_channels,
+            best.0,
+            best.1,
+            best.0 / best.1
+        );
     }
     let h = a.half_load_channels;
     if let (Some(p), Some(u)) = (find(Kind::Paid, h, true), find(Kind::Unpaid, h, true)) {
@@ -1305,6 +1678,8 @@ async fn main() {
             &[
                 closed(Kind::Unpaid, |p| p.throughput),
                 closed(Kind::Paid, |p| p.throughput),
+                closed(Kind::RefBatch, |p| p.throughput),
+                closed(Kind::RefExact, |p| p.throughput),
             ],
         );
         chart(
@@ -1315,6 +1690,8 @@ async fn main() {
             &[
                 closed(Kind::Unpaid, |p| p.p99_us as f64 / 1000.0),
                 closed(Kind::Paid, |p| p.p99_us as f64 / 1000.0),
+                closed(Kind::RefBatch, |p| p.p99_us as f64 / 1000.0),
+                closed(Kind::RefExact, |p| p.p99_us as f64 / 1000.0),
             ],
         );
     }

@@ -10,7 +10,7 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use paychan_chain::{ChainConfig, ChainReader};
-use paychan_core::batch::BatchDomain;
+use paychan_core::{batch::BatchDomain, sig::Backend};
 use paychan_engine::{Engine, EngineConfig, NoFacilitator};
 use paychan_server::{
     Limits, PaidOptions, PaidRoute, PaidState, Upstream, app, demo::DemoConfig, proxy::Proxy,
@@ -332,6 +332,7 @@ async fn run_server(
                         // per-offer minimum and rate limit.
                         deposit_receivers: cfg.routes.iter().map(|r| r.2.pay_to).collect(),
                         min_deposit: cfg.min_deposit.unwrap_or(0),
+                        backend: Backend::fastest(),
                         ..Default::default()
                     },
                 )
@@ -347,6 +348,7 @@ async fn run_server(
     ecfg.receiver_authorizer = cfg.receiver_authorizer.clone();
     ecfg.min_deposit = cfg.min_deposit;
     ecfg.min_refund = cfg.min_refund;
+    ecfg.backend = Backend::fastest();
     let minute = std::time::Duration::from_secs(60);
     ecfg.deposit_rate = paychan_engine::RateLimit::new(cfg.deposits_per_minute, minute);
     ecfg.refund_rate = paychan_engine::RateLimit::new(cfg.refunds_per_minute, minute);
@@ -455,7 +457,7 @@ async fn run_server(
         grpc_addr: control.as_ref().map(|c| c.addr),
         grpc_token_file: control.as_ref().map(|c| c.token_file.clone()),
     };
-    tracing::info!(target: "paychan", %addr, operator = ?operator_addr, grpc = ?serving.grpc_addr, "listening");
+    tracing::info!(target: "paychan", %addr, operator = ?operator_addr, grpc = ?serving.grpc_addr, signatures = Backend::fastest().name(), "listening");
     // Before the `listening` line, so that whoever waits for it finds what `on_ready` wrote.
     on_ready(&serving)?;
     #[allow(clippy::print_stdout)]
@@ -693,6 +695,7 @@ async fn facilitator(a: FacilitatorArgs) -> Result<()> {
     let fcfg = paychan_facilitator::FacilitatorConfig {
         deposit_receivers: a.deposit_receivers,
         min_deposit: a.min_deposit,
+        backend: Backend::fastest(),
         ..Default::default()
     };
     let f = local_facilitator(&reader, relayer, authorizer, fcfg).await?;

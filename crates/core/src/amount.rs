@@ -83,12 +83,49 @@ pub fn parse_u256(s: &str) -> Result<U256, AmountError> {
 
 /// A JSON value that may carry an integer either as a decimal string (the x402 convention) or as
 /// a JSON number (what some peers send for small counters such as `refundNonce`).
-#[derive(Deserialize)]
-#[serde(untagged)]
+///
+/// Read by a visitor that takes either, not by `#[serde(untagged)]`: that buffered the value and
+/// built (and dropped) an error for every number it first tried as a string, a few times per
+/// paid request.
 enum StrOrNum<'a> {
-    #[serde(borrow)]
     Str(std::borrow::Cow<'a, str>),
     Num(u64),
+}
+
+impl<'de> Deserialize<'de> for StrOrNum<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = StrOrNum<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a decimal string or a non-negative integer")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Str(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Str(std::borrow::Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Str(std::borrow::Cow::Owned(v)))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Num(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(StrOrNum::Num)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Serde for a `u128` carried as a decimal string. Deserialization also takes a non-negative JSON
@@ -225,5 +262,51 @@ mod tests {
         assert!(serde_json::from_str::<T>(r#"{"a":"-1","n":3,"t":1}"#).is_err());
         assert!(serde_json::from_str::<T>(r#"{"a":1.5,"n":3,"t":1}"#).is_err());
         assert!(serde_json::from_str::<T>(r#"{"a":-1,"n":3,"t":1}"#).is_err());
+    }
+
+    #[test]
+    fn every_reader_of_strings_or_numbers_agrees() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct T {
+            #[serde(with = "u128_dec")]
+            a: u128,
+            #[serde(default, with = "opt_u128_dec")]
+            o: Option<u128>,
+            #[serde(with = "u64_num")]
+            t: u64,
+        }
+        let want = T {
+            a: 10,
+            o: Some(7),
+            t: 900,
+        };
+        // borrowed strings, escaped (owned) strings, numbers; from text and from a Value
+        for text in [
+            r#"{"a":"10","o":"7","t":900}"#,
+            r#"{"a":"1\u0030","o":7,"t":"900"}"#,
+            r#"{"a":10,"o":"7","t":"9\u00300"}"#,
+        ] {
+            assert_eq!(serde_json::from_str::<T>(text).unwrap(), want, "{text}");
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::from_value::<T>(v).unwrap(), want, "{text}");
+        }
+        let t: T = serde_json::from_str(r#"{"a":"0","o":null,"t":0}"#).unwrap();
+        assert_eq!((t.a, t.o, t.t), (0, None, 0));
+        let t: T = serde_json::from_str(r#"{"a":"0","t":0}"#).unwrap();
+        assert_eq!(t.o, None);
+        for bad in [
+            r#"{"a":-1,"t":0}"#,
+            r#"{"a":"0","t":-5}"#,
+            r#"{"a":1e3,"t":0}"#,
+            r#"{"a":18446744073709551616,"t":0}"#,
+            r#"{"a":true,"t":0}"#,
+            r#"{"a":["1"],"t":0}"#,
+            r#"{"a":"0","o":-1,"t":0}"#,
+            r#"{"a":"0","t":"18446744073709551616"}"#,
+        ] {
+            assert!(serde_json::from_str::<T>(bad).is_err(), "{bad}");
+            let v: serde_json::Value = serde_json::from_str(bad).unwrap();
+            assert!(serde_json::from_value::<T>(v).is_err(), "{bad}");
+        }
     }
 }

@@ -156,6 +156,16 @@ impl Backend {
         ]
     }
 
+    /// The fastest backend compiled in: libsecp256k1 with the `secp256k1` feature (its warm
+    /// check takes ~0.6× k256's, BENCHMARKS.md §1), else k256. What a server should run;
+    /// [`Backend::default`] stays k256 whatever the features.
+    pub fn fastest() -> Backend {
+        #[cfg(feature = "secp256k1")]
+        return Backend::Libsecp256k1;
+        #[cfg(not(feature = "secp256k1"))]
+        Backend::K256
+    }
+
     /// A short name for logs and benchmarks.
     pub fn name(self) -> &'static str {
         match self {
@@ -450,6 +460,18 @@ mod tests {
                 Err(SigError::Mismatch)
             );
         }
+    }
+
+    #[test]
+    fn the_default_stays_k256_and_the_fastest_follows_the_features() {
+        assert_eq!(Backend::default(), Backend::K256);
+        let fastest = if cfg!(feature = "secp256k1") {
+            "libsecp256k1"
+        } else {
+            "k256"
+        };
+        assert_eq!(Backend::fastest().name(), fastest);
+        assert!(Backend::all().contains(&Backend::fastest()));
     }
 
     #[test]

@@ -19,8 +19,21 @@
 //! (the last one or two [`GENERATION`]s of keys), the loop's size is their mean distance and
 //! the next group is written once half of it is staged; otherwise only the window (and the
 //! rule that a lone commit is written at once) applies.
+//!
+//! * **Light load** (commits arriving on their own schedule, slower than the log can write them
+//!   one group at a time — paced clients, a server at half its capacity): company comes later
+//!   than a sync would take, so waiting for it only adds latency (a paced loop of 16 channels
+//!   looks like a closed loop to the measure above, and its commits used to wait ~2 ms each for
+//!   half of it). The pacer keeps a running mean of the time between commits and of the time a
+//!   write takes; while commits come no faster than one per write, the log writer is idle
+//!   between them, and while the queue is short (fewer than [`SHORT_QUEUE`] commits and under
+//!   half the loop's target) what is staged is written at once. Under load the queue grows
+//!   during each sync or the commits come faster than writes, and the rules above apply again.
+//!
+//! [`Pacer::gather`] is the decision, a pure function of the pacer's measurements and the
+//! queue.
 
-use std::hash::BuildHasher;
+use std::{hash::BuildHasher, time::Duration};
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
@@ -38,7 +51,21 @@ pub(crate) struct Pacer {
     older: FxHashMap<u64, u64>,
     /// Staged commits at which the next group is written; `None`: no loop measured.
     target: Option<usize>,
+    /// Running means (nanoseconds, weight 1/8 per group) of the time between commits and of
+    /// the time a group's write takes; `None` before the first group is timed.
+    between_ns: Option<u64>,
+    write_ns: Option<u64>,
 }
+
+/// A sample of the time between commits counts at most this much: an idle hour would
+/// otherwise keep the mean "light" for hundreds of groups once load arrives (from 10 ms, a
+/// dozen groups).
+const LONGEST_GAP: Duration = Duration::from_millis(10);
+
+/// A queue this long is not short: while commits come at most one per write (on average one
+/// or fewer arrive during a write), four or more staged at once happens about 2% of the time
+/// for independent arrivals; more often, it says load arrived before the means saw it.
+const SHORT_QUEUE: usize = 4;
 
 impl Pacer {
     pub(crate) fn new() -> Self {
@@ -47,12 +74,58 @@ impl Pacer {
             recent: FxHashMap::with_capacity_and_hasher(GENERATION, FxBuildHasher),
             older: FxHashMap::with_capacity_and_hasher(GENERATION, FxBuildHasher),
             target: None,
+            between_ns: None,
+            write_ns: None,
         }
+    }
+
+    /// Whether the writer should wait for more commits before writing the `staged` ones (the
+    /// last write was `since_write` ago): `None` to write now, else `Some(n)`: wait until `n`
+    /// are staged (`usize::MAX`: until the window ends) or the window ends.
+    pub(crate) fn gather(
+        &self,
+        staged: usize,
+        since_write: Duration,
+        window: Duration,
+    ) -> Option<usize> {
+        if since_write >= window {
+            return None;
+        }
+        let short = staged < SHORT_QUEUE
+            && self
+                .target
+                .is_none_or(|target| staged.saturating_mul(2) < target);
+        if short && self.keeping_up() {
+            return None;
+        }
+        match self.target {
+            Some(target) => (staged < target).then_some(target),
+            None => (staged >= 2).then_some(usize::MAX),
+        }
+    }
+
+    /// Commits come no faster than one per write: the writer is idle between them.
+    fn keeping_up(&self) -> bool {
+        matches!((self.between_ns, self.write_ns), (Some(b), Some(w)) if b >= w)
+    }
+
+    /// Takes note of a group's timing: `commits` commits staged over `since_last` (since the
+    /// group before was taken), written in `write`.
+    pub(crate) fn timed(&mut self, commits: usize, since_last: Duration, write: Duration) {
+        if commits == 0 {
+            return;
+        }
+        let gap = since_last.min(LONGEST_GAP).as_nanos() / commits as u128;
+        let gap = u64::try_from(gap).unwrap_or(u64::MAX);
+        let write = u64::try_from(write.as_nanos()).unwrap_or(u64::MAX);
+        self.between_ns = Some(mean(self.between_ns, gap));
+        self.write_ns = Some(mean(self.write_ns, write));
     }
 
     /// How many staged commits make a group worth writing before the window ends (`None`:
     /// the window decides).
-    pub(crate) fn target(&self) -> Option<usize> {
+    #[cfg(test)]
+    fn target(&self) -> Option<usize> {
         self.target
     }
 
@@ -86,6 +159,14 @@ impl Pacer {
     }
 }
 
+/// A running mean, weight 1/8 to the new sample.
+fn mean(old: Option<u64>, sample: u64) -> u64 {
+    match old {
+        None => sample,
+        Some(old) => old - old / 8 + sample / 8,
+    }
+}
+
 fn fingerprint(key: &[u8]) -> u64 {
     // A fast unkeyed hash: nothing adversarial here, a collision only misjudges one commit.
     FxBuildHasher.hash_one(key)
@@ -104,6 +185,90 @@ mod tests {
     fn group(p: &mut Pacer, keys: impl IntoIterator<Item = u32>) {
         let keys: Vec<Vec<u8>> = keys.into_iter().map(key).collect();
         p.observe(keys.iter().map(Vec::as_slice));
+    }
+
+    const WINDOW: Duration = Duration::from_millis(4);
+    const US: Duration = Duration::from_micros(1);
+
+    /// A pacer that measured a loop of 16 channels (target 8), then `groups` groups of
+    /// `per_group` commits staged over `gap` each and written in `write`.
+    fn measured(per_group: usize, gap: Duration, write: Duration) -> Pacer {
+        let mut p = Pacer::new();
+        for i in 0..8u32 {
+            group(&mut p, if i % 2 == 0 { 0..8 } else { 8..16 });
+        }
+        assert_eq!(p.target(), Some(8));
+        for _ in 0..64 {
+            p.timed(per_group, gap, write);
+        }
+        p
+    }
+
+    #[test]
+    fn light_load_is_written_at_once_while_the_queue_is_short() {
+        // paced: a commit every 266 µs, a write takes 150 µs
+        let p = measured(1, 266 * US, 150 * US);
+        assert_eq!(p.gather(1, 10 * US, WINDOW), None);
+        assert_eq!(p.gather(3, 10 * US, WINDOW), None);
+        // half the loop already waits: a group is forming, the loop's rule applies
+        assert_eq!(p.gather(4, 10 * US, WINDOW), Some(8));
+        assert_eq!(p.gather(8, 10 * US, WINDOW), None, "the target is staged");
+    }
+
+    #[test]
+    fn under_load_the_loop_and_the_window_still_gather() {
+        // 8 commits per group, staged over 400 µs (50 µs apart), a write takes 300 µs
+        let p = measured(8, 400 * US, 300 * US);
+        assert_eq!(p.gather(1, 10 * US, WINDOW), Some(8));
+        assert_eq!(p.gather(7, 10 * US, WINDOW), Some(8));
+        assert_eq!(p.gather(7, WINDOW, WINDOW), None, "the window ended");
+        // no loop measured (many channels): the window decides, once two are staged
+        let mut p = Pacer::new();
+        assert_eq!(p.gather(1, 10 * US, WINDOW), None, "a lone commit");
+        assert_eq!(
+            p.gather(2, 10 * US, WINDOW),
+            Some(usize::MAX),
+            "nothing timed yet"
+        );
+        for _ in 0..64 {
+            p.timed(150, 4_000 * US, 500 * US);
+        }
+        assert_eq!(p.gather(2, 10 * US, WINDOW), Some(usize::MAX));
+        assert_eq!(p.gather(150, 3_999 * US, WINDOW), Some(usize::MAX));
+        assert_eq!(p.gather(150, WINDOW, WINDOW), None);
+    }
+
+    #[test]
+    fn many_channels_at_light_load_write_a_short_queue_at_once() {
+        let mut p = Pacer::new();
+        for _ in 0..64 {
+            p.timed(1, 1_000 * US, 150 * US);
+        }
+        assert_eq!(p.target(), None);
+        assert_eq!(p.gather(1, 10 * US, WINDOW), None);
+        assert_eq!(p.gather(3, 10 * US, WINDOW), None);
+        assert_eq!(p.gather(4, 10 * US, WINDOW), Some(usize::MAX), "not short");
+    }
+
+    #[test]
+    fn the_means_follow_a_change_of_load() {
+        // light, then load arrives: commits 20 µs apart, writes of 300 µs
+        let mut p = measured(1, 500 * US, 150 * US);
+        assert_eq!(p.gather(1, 10 * US, WINDOW), None);
+        for _ in 0..32 {
+            p.timed(15, 300 * US, 300 * US);
+        }
+        assert_eq!(p.gather(1, 10 * US, WINDOW), Some(8));
+        // an idle hour counts as 10 ms: load is seen again within a dozen groups
+        p.timed(1, Duration::from_secs(3600), 150 * US);
+        assert_eq!(p.gather(1, 10 * US, WINDOW), None);
+        for _ in 0..16 {
+            p.timed(15, 300 * US, 300 * US);
+        }
+        assert_eq!(p.gather(1, 10 * US, WINDOW), Some(8));
+        // an empty group changes nothing
+        p.timed(0, Duration::from_secs(1), US);
+        assert_eq!(p.gather(1, 10 * US, WINDOW), Some(8));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! (`<dir>/paychan-{0,1}.wal`, format in `wal.rs`) as one group with one `pwrite(2)`, makes it
 //! durable with one `fdatasync(2)`, publishes the writes to an in-memory overlay that every read
 //! consults before sled, and answers every waiter. Commits that arrive while a sync is under way
-//! form the next group. A lone commit is written at once; otherwise the writer lets commits gather
+//! form the next group. A lone commit is written at once, and so is a short queue while commits
+//! come no faster than the log writes them (light load); otherwise the writer lets commits gather
 //! so that more of them share each `fdatasync`: when a closed loop of channels is measured, until
 //! half of it is staged; else until `group_window` has passed since its last write (`pace.rs`;
 //! BENCHMARKS.md §2 measures the trade). A commit's writes become visible to readers only once
@@ -93,7 +94,8 @@ pub struct SledStoreConfig {
     /// sled page cache size, bytes.
     pub cache_bytes: u64,
     /// The longest a commit waits for others to share its log write (`fdatasync`). A lone
-    /// commit is written at once; a closed loop of channels is written once half of it waits
+    /// commit is written at once, and so is a short queue at light load (commits coming no
+    /// faster than the log writes them); a closed loop of channels is written once half of it waits
     /// (the pacing rule is in `pace.rs`); otherwise the log is written at most once per window.
     /// Default 4 ms: small next to an inference call, and it cuts syncs (and their CPU time)
     /// fourfold against 1 ms when thousands of channels pay at once (BENCHMARKS.md §2).
@@ -274,6 +276,8 @@ struct Group {
     records: Vec<u8>,
     writes: Vec<Plan>,
     waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Since the group before was taken: the time its commits were staged over.
+    since_last: Duration,
 }
 
 /// A checkpoint for the checkpoint thread: frozen writes and the log file that holds them.
@@ -574,7 +578,10 @@ impl Writer {
             let Some(mut group) = self.next_group() else {
                 break;
             };
+            let writing = Instant::now();
             let result = self.write(&mut group.records);
+            self.pacer
+                .timed(group.waiters.len(), group.since_last, writing.elapsed());
             let first_keys = group.writes.iter().filter_map(|w| w.first());
             self.pacer.observe(first_keys.map(|(k, _)| k.as_slice()));
             if result.is_ok()
@@ -614,16 +621,16 @@ impl Writer {
             if !st.records.is_empty() {
                 // Let commits gather (see `pace.rs`): until the measured loop's target is
                 // staged, or the window since the last write ends. A lone commit with no loop
-                // measured is written at once.
-                let staged = st.waiters.len();
+                // measured, or a short queue while the log keeps up with the commits, is
+                // written at once.
                 let since = self.last_write.elapsed();
-                let target = self.pacer.target();
-                let gather = match target {
-                    Some(target) => staged < target,
-                    None => staged >= 2,
-                };
-                if gather && !st.closing && since < self.group_window {
-                    st.wake_at = target.unwrap_or(usize::MAX);
+                let gather = self
+                    .pacer
+                    .gather(st.waiters.len(), since, self.group_window);
+                if let Some(wake_at) = gather
+                    && !st.closing
+                {
+                    st.wake_at = wake_at;
                     st = self
                         .shared
                         .wake
@@ -633,8 +640,10 @@ impl Writer {
                     st.wake_at = usize::MAX;
                     continue;
                 }
-                self.last_write = Instant::now();
+                let now = Instant::now();
                 let mut group = std::mem::take(&mut self.buffers);
+                group.since_last = now - self.last_write;
+                self.last_write = now;
                 std::mem::swap(&mut group.records, &mut st.records);
                 std::mem::swap(&mut group.writes, &mut st.writes);
                 std::mem::swap(&mut group.waiters, &mut st.waiters);
