@@ -1,4 +1,5 @@
-//! Our client against our server, 1,400 calls over a pool of channels, through a server restart (engine and sled store closed and
+//! Our client against our server, 3,400 calls over a pool of channels (2,000 of them priced per
+//! token from the answer's `usage`), through a server restart (engine and sled store closed and
 //! reopened), then the money on chain: the settler claims and settles, the client refunds, and
 //! every token is where the acknowledged charges say, to the unit.
 
@@ -34,12 +35,13 @@ async fn a_server_restart_mid_run_then_claim_settle_and_refund_move_exactly_the_
     let (chats, fixeds, usages) = tokio::join!(
         concurrent(&p, 6, 100, move |n| chat(&u1, n)),
         concurrent(&p, 2, 50, move |_| fixed(&u2)),
-        concurrent(&p, 2, 50, move |n| usage(&u3, n).0),
+        // thousands of per-token calls: the gateway's price of each, then the chain's sum
+        concurrent(&p, 4, 500, move |n| usage(&u3, n).0),
     );
     assert!(chats.iter().all(|r| r.charged > 0 && r.charged < PRICE));
     assert!(fixeds.iter().all(|r| r.charged == FIXED));
     // each per-token receipt is the gateway's price for its usage, to the unit
-    let mut wanted: Vec<u128> = (0..100).map(|n| usage(&usage_url, n).1).collect();
+    let mut wanted: Vec<u128> = (0..2000).map(|n| usage(&usage_url, n).1).collect();
     let mut got: Vec<u128> = usages.iter().map(|r| r.charged).collect();
     wanted.sort_unstable();
     got.sort_unstable();
