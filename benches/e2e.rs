@@ -198,6 +198,21 @@ fn cpu_secs(pid: u32) -> f64 {
     (tick(14) + tick(15)) as f64 / TICKS
 }
 
+/// Time the live threads of a process spent runnable but waiting for a core, seconds (field 2
+/// of `/proc/<pid>/task/<tid>/schedstat`, nanoseconds). Over a window, divided by the calls in
+/// it, it says how much of a call's latency was queueing for the CPU rather than work or I/O.
+fn run_delay_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
 /// Busy time of the whole machine (every core), seconds: /proc/stat minus idle and iowait.
 fn machine_busy_secs() -> f64 {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -598,10 +613,21 @@ impl Client {
                     r.response.bytes().await.is_ok() && ok
                 }
                 Err(e) => {
-                    static SHOWN: AtomicU64 = AtomicU64::new(0);
-                    if SHOWN.fetch_add(1, Relaxed) < 3 {
-                        eprintln!("e2e: paid call failed: {e}");
+                    // Each kind of failure once (its text up to the first digit, ids and
+                    // amounts differ), at most 12 kinds.
+                    static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                    let text = e.to_string();
+                    let kind: String = text.chars().take_while(|c| !c.is_ascii_digit()).collect();
+                    {
+                        let mut shown = SHOWN.lock().unwrap();
+                        if shown.len() < 12 && !shown.contains(&kind) {
+                            shown.push(kind);
+                            eprintln!("e2e: paid call failed: {text}");
+                        }
                     }
+                    // A payer that refuses at once (say, after judging the server untrusted)
+                    // must not keep this worker from the timers and sockets of the others.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                     false
                 }
             },
@@ -630,7 +656,9 @@ async fn payer(
     channels: usize,
     http: reqwest::Client,
 ) -> Payer<MemStore> {
-    let tokens = DEPOSIT * (channels as u128 + 1);
+    // Twice what the channels need: a deposit whose answer is lost (a timeout, a busy
+    // server) is signed again on the next call, and the opening line counts them.
+    let tokens = DEPOSIT * (2 * channels as u128 + 1);
     let key: LocalSigner = chain.funded_payer(seed, tokens).await.unwrap();
     Payer::builder()
         .signer(key)
@@ -663,6 +691,10 @@ struct Pass {
     client_cpu_us_per_call: f64,
     chain_cpu_us_per_call: f64,
     server_rss_mib: f64,
+    /// Time the server's and this process's threads waited for a core (runnable, not
+    /// running) over the window, per call, µs.
+    server_wait_us_per_call: f64,
+    client_wait_us_per_call: f64,
     /// CPU used by everything else on the machine during the window (other builds, the idle
     /// second server, the kernel's own threads), in cores.
     other_cores: f64,
@@ -702,13 +734,15 @@ async fn pass(
     let opened = Arc::new(AtomicUsize::new(0));
     let total_ok = Arc::new(AtomicU64::new(0));
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
+    let (go_tx, go) = tokio::sync::watch::channel(false);
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (c, phase, opened, total_ok) = (
+        let (c, phase, opened, total_ok, mut go) = (
             client.clone(),
             phase.clone(),
             opened.clone(),
             total_ok.clone(),
+            go.clone(),
         );
         set.spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(4096);
@@ -716,6 +750,9 @@ async fn pass(
             let ok = c.call().await;
             total_ok.fetch_add(u64::from(ok), Relaxed);
             opened.fetch_add(1, Relaxed);
+            // Wait for the others' first calls: a task looping meanwhile would starve the
+            // deposits still being relayed (4,096 channels took minutes to open that way).
+            let _ = go.wait_for(|g| *g).await;
             // spread paced tasks over one interval
             let mut next = Instant::now()
                 + interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
@@ -750,8 +787,18 @@ async fn pass(
         });
     }
     let t_open = Instant::now();
+    let mut said = Instant::now();
     while opened.load(Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if said.elapsed() > Duration::from_secs(30) {
+            said = Instant::now();
+            eprintln!(
+                "  {} of {n} first calls done after {:.0} s ({} succeeded)",
+                opened.load(Relaxed),
+                t_open.elapsed().as_secs_f64(),
+                total_ok.load(Relaxed)
+            );
+        }
         if t_open.elapsed() > Duration::from_secs(600) {
             eprintln!(
                 "e2e: only {} of {n} channels opened in 600 s",
@@ -760,6 +807,7 @@ async fn pass(
             break;
         }
     }
+    let _ = go_tx.send(true);
     if n > 1 {
         eprintln!(
             "  {} tasks started ({:.1} s for the first calls)",
@@ -775,6 +823,10 @@ async fn pass(
         cpu_secs(chain_pid),
     );
     let m0 = machine_busy_secs();
+    let (w0, v0) = (
+        run_delay_secs(server_pid),
+        run_delay_secs(std::process::id()),
+    );
     let t0 = Instant::now();
     phase.store(MEASURE, Relaxed);
     if let Some(f) = during {
@@ -790,6 +842,10 @@ async fn pass(
         cpu_secs(chain_pid),
     );
     let m1 = machine_busy_secs();
+    let (w1, v1) = (
+        run_delay_secs(server_pid),
+        run_delay_secs(std::process::id()),
+    );
     let rss = rss_mib(server_pid);
     let mut lat = Vec::new();
     let mut errors = 0;
@@ -823,6 +879,8 @@ async fn pass(
             client_cpu_us_per_call: per(c1 - c0),
             chain_cpu_us_per_call: per(a1 - a0),
             server_rss_mib: rss,
+            server_wait_us_per_call: per(w1 - w0),
+            client_wait_us_per_call: per(v1 - v0),
             other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (a1 - a0)).max(0.0) / elapsed,
             gas_per_call: None,
             load,
@@ -833,7 +891,7 @@ async fn pass(
 
 fn show(p: &Pass) {
     eprintln!(
-        "  {:<20} ch {:>5}{} {:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  server {:>6.1} µs/call  client {:>6.1} µs/call  others {:.2} cores  errors {}",
+        "  {:<20} ch {:>5}{} {:>8.0}/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  server {:>6.1} µs/call (waited {:.1})  client {:>6.1} µs/call (waited {:.1})  others {:.2} cores  errors {}",
         p.kind,
         p.channels,
         if p.paced > 0.0 {
@@ -846,7 +904,9 @@ fn show(p: &Pass) {
         p.p99_us,
         p.p999_us,
         p.server_cpu_us_per_call,
+        p.server_wait_us_per_call,
         p.client_cpu_us_per_call,
+        p.client_wait_us_per_call,
         p.other_cores,
         p.errors
     );
@@ -1118,6 +1178,9 @@ async fn exact_pass(
         client_cpu_us_per_call: per(c1 - c0),
         chain_cpu_us_per_call: per(a1 - a0),
         server_rss_mib: rss,
+        // not measured for the node processes
+        server_wait_us_per_call: 0.0,
+        client_wait_us_per_call: 0.0,
         other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (a1 - a0)).max(0.0) / elapsed,
         gas_per_call: (transfers > 0).then(|| transfer_gas as f64 / transfers as f64),
         load: loadavg_before,
