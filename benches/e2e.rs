@@ -656,8 +656,8 @@ async fn payer(
     channels: usize,
     http: reqwest::Client,
 ) -> Payer<MemStore> {
-    // Twice what the channels need: a deposit whose answer is lost (a timeout, a busy
-    // server) is signed again on the next call, and the opening line counts them.
+    // Twice what the channels need: a deposit relayed but whose answer was lost (a timeout,
+    // a dropped connection) is signed again on the next call; the opening line counts them.
     let tokens = DEPOSIT * (2 * channels as u128 + 1);
     let key: LocalSigner = chain.funded_payer(seed, tokens).await.unwrap();
     Payer::builder()
