@@ -356,6 +356,29 @@ impl<S: Store> Payer<S> {
         }
     }
 
+    /// The last deposit on `ch` got no answer (a transport error, or an answer without
+    /// `PAYMENT-RESPONSE`): the server may have relayed it all the same. With a chain reader the
+    /// channel's balance is read back before anything is signed, so a relayed deposit is used
+    /// instead of paid for a second time; the server's corrective 402 then brings the charged
+    /// total. Without one the next payment deposits again (the money stays in the channel and
+    /// comes back with the refund).
+    async fn find_lost_deposit(&self, ch: &mut Channel, lost: u128) -> Result<()> {
+        let Some(reader) = &self.inner.chain else {
+            return Ok(());
+        };
+        let s = reader.channel_state(ch.id()).await?;
+        if s.balance > ch.pc.balance {
+            tracing::info!(target: TARGET, origin = %ch.meta.origin, channel = %ch.id(), before = ch.pc.balance, after = s.balance, "a deposit whose answer was lost is on chain");
+            ch.meta.deposited = ch
+                .meta
+                .deposited
+                .saturating_add(lost.min(s.balance - ch.pc.balance));
+            ch.pc.balance = s.balance;
+            ch.pc.total_claimed = ch.pc.total_claimed.max(s.total_claimed);
+        }
+        Ok(())
+    }
+
     /// Policy checks, then the signed payload, recorded durably before it is returned.
     pub(crate) async fn prepare(
         &self,
@@ -377,6 +400,9 @@ impl<S: Store> Payer<S> {
             .channel
             .clone()
             .ok_or(Error::Config("a lease without a channel"))?;
+        if let Some(lost) = ch.meta.pending.as_ref().and_then(|p| p.deposit) {
+            self.find_lost_deposit(&mut ch, lost).await?;
+        }
         let ceiling = ch.pc.next_ceiling(amount).map_err(Error::State)?;
         let deposit = deposit_for(
             ch.pc.balance,

@@ -63,6 +63,9 @@ pub struct Front {
     pub min_deposit: Mutex<Option<u128>>,
     /// Report one unit more than charged in `PAYMENT-RESPONSE` (a dishonest server).
     pub overreport: AtomicBool,
+    /// Lose the answers of this many next paid requests the server served and charged: the
+    /// payer gets a 502 with no `PAYMENT-RESPONSE` (an answer lost on the way back).
+    pub lose_answers: AtomicU64,
 }
 
 impl Front {
@@ -112,7 +115,16 @@ async fn front(State(f): State<Arc<Front>>, mut req: Request, next: Next) -> Res
     if f.pricey.load(Ordering::SeqCst) {
         rewrite_path(&mut req, "/v1/", "/v2/");
     }
+    let paid = req.headers().contains_key(codec::PAYMENT_SIGNATURE);
     let mut resp = next.run(req).await;
+    if paid
+        && resp.status().is_success()
+        && f.lose_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return http::StatusCode::BAD_GATEWAY.into_response();
+    }
     let min = *f.min_deposit.lock().unwrap();
     if let Some(min) = min {
         reencode::<PaymentRequired>(&mut resp, codec::PAYMENT_REQUIRED, |pr| {
