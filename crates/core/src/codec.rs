@@ -56,8 +56,12 @@ pub enum CodecError {
 
 /// Encodes a value as `base64(JSON)`.
 pub fn encode<T: Serialize>(value: &T) -> String {
-    // Serializing our own types to a Vec cannot fail: no map has non-string keys.
-    let json = serde_json::to_vec(value).unwrap_or_default();
+    // Serializing our own types to a Vec cannot fail: no map has non-string keys. Sized for a
+    // payment response (~400 bytes), so the hot path does not grow the buffer twice.
+    let mut json = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut json, value).is_err() {
+        json.clear();
+    }
     B64.encode(json)
 }
 

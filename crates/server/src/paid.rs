@@ -149,9 +149,11 @@ impl<S, C, F, K> PaidState<S, C, F, K> {
     }
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    // base64 and decimal strings are always valid header values.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+fn header_value(s: String) -> HeaderValue {
+    // base64 and decimal strings are always valid header values; the string's buffer becomes
+    // the header's, with no copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A `402 Payment Required` carrying `PAYMENT-REQUIRED` (and the same JSON in the body).
@@ -174,7 +176,7 @@ pub fn payment_required(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         HeaderName::from_static("payment-required"),
-        header_value(&codec::encode(&body)),
+        header_value(codec::encode(&body)),
     );
     if let Some(e) = error {
         // The human message, for logs and people; clients act on the code.
@@ -594,7 +596,7 @@ where
             let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
             resp.headers_mut().insert(
                 HeaderName::from_static("payment-response"),
-                header_value(&codec::encode(&settlement)),
+                header_value(codec::encode(&settlement)),
             );
             expose(resp.headers_mut());
             Paid::Answer(resp)
@@ -704,7 +706,7 @@ where
         Ok(settlement) => {
             resp.headers_mut().insert(
                 HeaderName::from_static("payment-response"),
-                header_value(&codec::encode(&settlement)),
+                header_value(codec::encode(&settlement)),
             );
             expose(resp.headers_mut());
             resp
