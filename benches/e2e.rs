@@ -3,7 +3,7 @@
 //! trip per call once the terms are known), beside an unpaid pass-through of the same upstream.
 //!
 //! ```text
-//! cargo bench -p paychan-benches --bench e2e -- [--parts load,ref,exact,life,perf,chart]
+//! cargo bench -p paychan-benches --bench e2e -- [--parts load,ref,exact,life,perf,chart,engine]
 //!     [--channels 1,16,256,4096] [--ref-channels 1,16,256] [--secs 8] [--warmup-secs 2]
 //!     [--life-calls 1000,10000] [--life-channels 16] [--perf-channels 256] [--perf-secs 8]
 //!     [--perf-call-graph fp|dwarf] [--out DIR] [--engine]
@@ -47,8 +47,9 @@
 //!   symbol) and printed.
 //! * **chart**: SVGs (log scales) of throughput and p99 against channels for the four servers (`<out>/e2e-throughput.svg`,
 //!   `<out>/e2e-p99.svg`), and the table as Markdown (`<out>/e2e.md`) and JSON (`<out>/e2e.json`).
-//! * `--engine`: also runs the in-process engine benchmarks (`engine_load -- throughput` and
-//!   `engine_load -- scale`) through cargo.
+//! * **engine** (`--parts engine`, or `--engine` beside another `--parts` list): the in-process
+//!   engine benchmarks, `engine_load -- throughput` and `engine_load -- scale` (accept latency
+//!   and memory at 10³ / 10⁵ / 10⁶ stored channels), run through cargo after the rest.
 //!
 //! CPU: server CPU per call is the server process's own accounting (utime + stime of
 //! `/proc/<pid>/stat`, every thread, 100 ticks a second) over the measured window divided by the
@@ -119,7 +120,6 @@ struct Args {
     ref_channels: Vec<usize>,
     half_load_channels: usize,
     out: PathBuf,
-    engine: bool,
     durability: String,
     group_window_us: Option<u64>,
 }
@@ -137,7 +137,7 @@ fn workspace() -> PathBuf {
 
 fn args() -> Args {
     let mut a = Args {
-        parts: list("load,ref,exact,life,perf,chart"),
+        parts: list("load,ref,exact,life,perf,chart,engine"),
         channels: vec![1, 16, 256, 4096],
         secs: 8.0,
         warmup_secs: 2.0,
@@ -149,7 +149,6 @@ fn args() -> Args {
         ref_channels: vec![1, 16, 256],
         half_load_channels: 16,
         out: workspace().join("benches/results"),
-        engine: false,
         durability: "fsync".into(),
         group_window_us: None,
     };
@@ -171,7 +170,9 @@ fn args() -> Args {
                 a.half_load_channels = v().parse().unwrap_or(a.half_load_channels);
             }
             "--out" => a.out = PathBuf::from(v()),
-            "--engine" => a.engine = true,
+            // The engine rows are a part of the default run; the old flag adds them to a
+            // `--parts` list that left them out.
+            "--engine" => a.parts.push("engine".into()),
             "--durability" => a.durability = v(),
             "--group-commit-window-us" => a.group_window_us = v().parse().ok(),
             "--bench" => {}
@@ -227,6 +228,63 @@ fn machine_busy_secs() -> f64 {
     let total: u64 = f.iter().take(8).sum();
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     (total - idle) as f64 / TICKS
+}
+
+/// What the processes of a pass had used at one moment: CPU of the server, the load and the
+/// chain, the whole machine's busy time, and how long the server's and the load's threads
+/// waited for a core. Two readings, one either side of a measured window, give the window's
+/// figures per call (`pass` and `exact_pass` read it the same way).
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    server: f64,
+    load: f64,
+    chain: f64,
+    machine: f64,
+    server_wait: f64,
+    load_wait: f64,
+}
+
+impl Usage {
+    fn read(server: u32, load: u32, chain: u32) -> Self {
+        Self {
+            server: cpu_secs(server),
+            load: cpu_secs(load),
+            chain: cpu_secs(chain),
+            machine: machine_busy_secs(),
+            server_wait: run_delay_secs(server),
+            load_wait: run_delay_secs(load),
+        }
+    }
+
+    /// What was used between `before` and this reading.
+    fn since(self, before: Self) -> Self {
+        Self {
+            server: self.server - before.server,
+            load: self.load - before.load,
+            chain: self.chain - before.chain,
+            machine: self.machine - before.machine,
+            server_wait: self.server_wait - before.server_wait,
+            load_wait: self.load_wait - before.load_wait,
+        }
+    }
+
+    /// Writes a window's use into `p`, per call of its `calls`, over `secs` of wall time.
+    fn fill(self, p: &mut Pass, secs: f64) {
+        let per = |d: f64| {
+            if p.calls == 0 {
+                0.0
+            } else {
+                d * 1e6 / p.calls as f64
+            }
+        };
+        p.server_cpu_us_per_call = per(self.server);
+        p.client_cpu_us_per_call = per(self.load);
+        p.chain_cpu_us_per_call = per(self.chain);
+        p.server_wait_us_per_call = per(self.server_wait);
+        p.client_wait_us_per_call = per(self.load_wait);
+        p.other_cores =
+            (self.machine - self.server - self.load - self.chain).max(0.0) / secs.max(1e-9);
+    }
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -817,16 +875,8 @@ async fn pass(
     }
     tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
     let load = format!("loadavg {} (before)", loadavg());
-    let (s0, c0, a0) = (
-        cpu_secs(server_pid),
-        cpu_secs(std::process::id()),
-        cpu_secs(chain_pid),
-    );
-    let m0 = machine_busy_secs();
-    let (w0, v0) = (
-        run_delay_secs(server_pid),
-        run_delay_secs(std::process::id()),
-    );
+    let me = std::process::id();
+    let before = Usage::read(server_pid, me, chain_pid);
     let t0 = Instant::now();
     phase.store(MEASURE, Relaxed);
     if let Some(f) = during {
@@ -836,57 +886,51 @@ async fn pass(
     }
     phase.store(STOP, Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    let (s1, c1, a1) = (
-        cpu_secs(server_pid),
-        cpu_secs(std::process::id()),
-        cpu_secs(chain_pid),
-    );
-    let m1 = machine_busy_secs();
-    let (w1, v1) = (
-        run_delay_secs(server_pid),
-        run_delay_secs(std::process::id()),
-    );
+    let used = Usage::read(server_pid, me, chain_pid).since(before);
     let rss = rss_mib(server_pid);
     let mut lat = Vec::new();
     let mut errors = 0;
-    while let Some(r) = set.join_next().await {
-        let (l, e) = r.unwrap();
-        lat.extend(l);
-        errors += e;
+    // A task can still be in its first call when the open timed out (above): it is given a
+    // minute more, then abandoned, so the pass ends either way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(r)) => {
+                let (l, e) = r.unwrap();
+                lat.extend(l);
+                errors += e;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!(
+                    "e2e: {} tasks still in a call 60 s after the window; abandoned",
+                    set.len()
+                );
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+                break;
+            }
+        }
     }
     lat.sort_unstable();
     let calls = lat.len() as u64;
-    let per = |d: f64| {
-        if calls == 0 {
-            0.0
-        } else {
-            d * 1e6 / calls as f64
-        }
+    let mut p = Pass {
+        kind: kind.name().into(),
+        channels: n,
+        paced: rate,
+        calls,
+        errors,
+        secs: elapsed,
+        throughput: calls as f64 / elapsed,
+        p50_us: pct(&lat, 500),
+        p99_us: pct(&lat, 990),
+        p999_us: pct(&lat, 999),
+        server_rss_mib: rss,
+        load,
+        ..Pass::default()
     };
-    (
-        Pass {
-            kind: kind.name().into(),
-            channels: n,
-            paced: rate,
-            calls,
-            errors,
-            secs: elapsed,
-            throughput: calls as f64 / elapsed,
-            p50_us: pct(&lat, 500),
-            p99_us: pct(&lat, 990),
-            p999_us: pct(&lat, 999),
-            server_cpu_us_per_call: per(s1 - s0),
-            client_cpu_us_per_call: per(c1 - c0),
-            chain_cpu_us_per_call: per(a1 - a0),
-            server_rss_mib: rss,
-            server_wait_us_per_call: per(w1 - w0),
-            client_wait_us_per_call: per(v1 - v0),
-            other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (a1 - a0)).max(0.0) / elapsed,
-            gas_per_call: None,
-            load,
-        },
-        total_ok.load(Relaxed),
-    )
+    used.fill(&mut p, elapsed);
+    (p, total_ok.load(Relaxed))
 }
 
 fn show(p: &Pass) {
@@ -1132,15 +1176,13 @@ async fn exact_pass(
     tokio::time::sleep(Duration::from_secs_f64(a.warmup_secs)).await;
     let lp = load.pid();
     let loadavg_before = format!("loadavg {} (before)", loadavg());
-    let (s0, c0, a0) = (cpu_secs(server_pid), cpu_secs(lp), cpu_secs(chain_pid));
-    let m0 = machine_busy_secs();
+    let before = Usage::read(server_pid, lp, chain_pid);
     let t0 = Instant::now();
     load.send("measure").await;
     let m = load.line(Duration::from_secs(30), &log).await;
     assert_eq!(m["event"], "measuring", "{m}");
     tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
-    let (s1, c1, a1) = (cpu_secs(server_pid), cpu_secs(lp), cpu_secs(chain_pid));
-    let m1 = machine_busy_secs();
+    let used = Usage::read(server_pid, lp, chain_pid).since(before);
     let elapsed = t0.elapsed().as_secs_f64();
     let rss = rss_mib(server_pid);
     load.send("stop").await;
@@ -1156,17 +1198,9 @@ async fn exact_pass(
     eprintln!("  on chain: {}", gas_text(&g));
     let calls = r["calls"].as_u64().unwrap_or(0);
     let secs = r["secs"].as_f64().unwrap_or(elapsed).max(1e-9);
-    let per = |d: f64| {
-        if calls == 0 {
-            0.0
-        } else {
-            d * 1e6 / calls as f64
-        }
-    };
-    Pass {
+    let mut p = Pass {
         kind: Kind::RefExact.name().into(),
         channels: n,
-        paced: 0.0,
         calls,
         errors: r["errors"].as_u64().unwrap_or(0),
         secs,
@@ -1174,17 +1208,14 @@ async fn exact_pass(
         p50_us: r["p50_us"].as_u64().unwrap_or(0),
         p99_us: r["p99_us"].as_u64().unwrap_or(0),
         p999_us: r["p999_us"].as_u64().unwrap_or(0),
-        server_cpu_us_per_call: per(s1 - s0),
-        client_cpu_us_per_call: per(c1 - c0),
-        chain_cpu_us_per_call: per(a1 - a0),
         server_rss_mib: rss,
-        // not measured for the node processes
-        server_wait_us_per_call: 0.0,
-        client_wait_us_per_call: 0.0,
-        other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (a1 - a0)).max(0.0) / elapsed,
         gas_per_call: (transfers > 0).then(|| transfer_gas as f64 / transfers as f64),
         load: loadavg_before,
-    }
+        ..Pass::default()
+    };
+    // The load process's window is its own `secs`; the machine's is this process's.
+    used.fill(&mut p, elapsed);
+    p
 }
 
 // ---------------------------------------------------------------- charts
@@ -1590,16 +1621,16 @@ async fn main() {
     );
     let _ = writeln!(
         md,
-        "| server | channels | paced | calls/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/call | client CPU µs/call | anvil CPU µs/call | other load, cores | gas/paid call (claim + settle; exact: its transfer) | errors |"
+        "| server | channels | paced | calls/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/call | client CPU µs/call | waited for a core, server / client µs/call | anvil CPU µs/call | other load, cores | gas/paid call (claim + settle; exact: its transfer) | errors |"
     );
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for p in &passes {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} | {:.2} | {} | {} |",
             p.kind,
             p.channels,
             if p.paced > 0.0 {
@@ -1613,6 +1644,8 @@ async fn main() {
             p.p999_us,
             p.server_cpu_us_per_call,
             p.client_cpu_us_per_call,
+            p.server_wait_us_per_call,
+            p.client_wait_us_per_call,
             p.chain_cpu_us_per_call,
             p.other_cores,
             p.gas_per_call.map_or("—".into(), |g| format!("{g:.3}")),
@@ -1761,7 +1794,7 @@ async fn main() {
     drop(paid);
     drop(unpaid);
 
-    if a.engine {
+    if a.parts.iter().any(|p| p == "engine") {
         for sub in ["throughput", "scale"] {
             eprintln!("e2e: cargo bench -p paychan-benches --bench engine_load -- {sub}");
             let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
