@@ -6,11 +6,11 @@
 //! (`<dir>/paychan-{0,1}.wal`, format in `wal.rs`) as one group with one `pwrite(2)`, makes it
 //! durable with one `fdatasync(2)`, publishes the writes to an in-memory overlay that every read
 //! consults before sled, and answers every waiter. Commits that arrive while a sync is under way
-//! form the next group. A lone commit is written at once, and so is a short queue while commits
-//! come no faster than the log writes them (light load); otherwise the writer lets commits gather
-//! so that more of them share each `fdatasync`: when a closed loop of channels is measured, until
-//! half of it is staged; else until `group_window` has passed since its last write (`pace.rs`;
-//! BENCHMARKS.md §2 measures the trade). A commit's writes become visible to readers only once
+//! form the next group. A lone commit is written at once, and so is everything staged while
+//! commits come no faster than the log writes them (light load); otherwise the writer lets
+//! commits gather so that more of them share each `fdatasync`: when a closed loop of channels
+//! is measured, until half of it is staged; else until `group_window` has passed since its last
+//! write (`pace.rs`; BENCHMARKS.md §2 measures the trade). A commit's writes become visible to readers only once
 //! they are durable.
 //!
 //! **Checkpoints.** sled is out of the request path. At a checkpoint (every `checkpoint_every`,
@@ -94,7 +94,7 @@ pub struct SledStoreConfig {
     /// sled page cache size, bytes.
     pub cache_bytes: u64,
     /// The longest a commit waits for others to share its log write (`fdatasync`). A lone
-    /// commit is written at once, and so is a short queue at light load (commits coming no
+    /// commit is written at once, and so is everything staged at light load (commits coming no
     /// faster than the log writes them); a closed loop of channels is written once half of it waits
     /// (the pacing rule is in `pace.rs`); otherwise the log is written at most once per window.
     /// Default 4 ms: small next to an inference call, and it cuts syncs (and their CPU time)
@@ -621,7 +621,7 @@ impl Writer {
             if !st.records.is_empty() {
                 // Let commits gather (see `pace.rs`): until the measured loop's target is
                 // staged, or the window since the last write ends. A lone commit with no loop
-                // measured, or a short queue while the log keeps up with the commits, is
+                // measured, or all that is staged while the log keeps up with the commits, is
                 // written at once.
                 let since = self.last_write.elapsed();
                 let gather = self
