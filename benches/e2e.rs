@@ -783,6 +783,9 @@ fn pct(v: &[u32], per_mille: usize) -> u64 {
     u64::from(v[rank.min(v.len()) - 1])
 }
 
+/// First calls in flight at once in a pass (see [`pass`]).
+const FIRST_CALLS_AT_ONCE: usize = 256;
+
 const WARM: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
@@ -806,19 +809,27 @@ async fn pass(
     let total_ok = Arc::new(AtomicU64::new(0));
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
     let (go_tx, go) = tokio::sync::watch::channel(false);
+    // At most this many first calls (deposits) at once: the relayer puts deposits on chain one
+    // after another (~30 a second on this dev chain), so 4,096 at once left the last ones
+    // waiting minutes in a silent request, and the server's idle timeout (60 s, no byte either
+    // way) rightly closed them; their channels then deposited again.
+    let opening = Arc::new(tokio::sync::Semaphore::new(FIRST_CALLS_AT_ONCE));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (c, phase, opened, total_ok, mut go) = (
+        let (c, phase, opened, total_ok, mut go, opening) = (
             client.clone(),
             phase.clone(),
             opened.clone(),
             total_ok.clone(),
             go.clone(),
+            opening.clone(),
         );
         set.spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(4096);
             let mut errors = 0u64;
+            let permit = opening.acquire_owned().await;
             let ok = c.call().await;
+            drop(permit);
             total_ok.fetch_add(u64::from(ok), Relaxed);
             opened.fetch_add(1, Relaxed);
             // Wait for the others' first calls: a task looping meanwhile would starve the
