@@ -430,6 +430,10 @@ impl Server {
                 "[control]\nlisten = \"off\"\n".to_string(),
             )
         };
+        // `idle_timeout_secs`: opening 4,096 channels at once queues their deposits at the
+        // relayer (~30 a second on this dev chain), so the last first calls wait minutes with no
+        // byte moving; the default 60 s idle timeout closes them (as it should for a real
+        // client) and their channels deposit again.
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\noperator_listen = \"off\"\ndata_dir = \"{data}\"\n\
              durability = \"{dur}\"\n{window}upstream = \"demo\"\ndemo_price_per_token = \"10\"\n\
@@ -437,7 +441,7 @@ impl Server {
              [chain]\nrpc_url = \"{rpc}\"\nchain_id = {cid}\n\n\
              [payment]\nreceiver = \"{recv}\"\nreceiver_authorizer = \"{auth}\"\n\
              receiver_authorizer_key_file = \"{ak}\"\nasset = \"{token}\"\nasset_name = \"{tn}\"\nasset_version = \"{tv}\"\n\n\
-             [limits]\nmax_connections = 16384\nmax_in_flight = 16384\n\n{routes}\n{extra}",
+             [limits]\nmax_connections = 16384\nmax_in_flight = 16384\nidle_timeout_secs = 900\n\n{routes}\n{extra}",
             data = d.join("data").display(),
             dur = a.durability,
             window = a
@@ -662,6 +666,18 @@ struct Client {
     payer: Option<Payer<MemStore>>,
 }
 
+/// Prints each kind of failed paid call once (its text up to the first digit: ids and amounts
+/// differ), at most 12 kinds.
+fn failed(text: String) {
+    static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let kind: String = text.chars().take_while(|c| !c.is_ascii_digit()).collect();
+    let mut shown = SHOWN.lock().unwrap();
+    if shown.len() < 12 && !shown.contains(&kind) {
+        shown.push(kind);
+        eprintln!("e2e: paid call failed: {text}");
+    }
+}
+
 impl Client {
     /// One call; true when it succeeded (200 and the whole body read).
     async fn call(&self) -> bool {
@@ -673,22 +689,22 @@ impl Client {
         match &self.payer {
             Some(p) => match p.send(req).await {
                 Ok(r) => {
-                    let ok = r.response.status().is_success() && r.receipt.is_some();
+                    let status = r.response.status();
+                    let ok = status.is_success() && r.receipt.is_some();
+                    if !ok {
+                        failed(format!(
+                            "status {status}{}",
+                            if r.receipt.is_none() {
+                                ", no receipt"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
                     r.response.bytes().await.is_ok() && ok
                 }
                 Err(e) => {
-                    // Each kind of failure once (its text up to the first digit, ids and
-                    // amounts differ), at most 12 kinds.
-                    static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-                    let text = e.to_string();
-                    let kind: String = text.chars().take_while(|c| !c.is_ascii_digit()).collect();
-                    {
-                        let mut shown = SHOWN.lock().unwrap();
-                        if shown.len() < 12 && !shown.contains(&kind) {
-                            shown.push(kind);
-                            eprintln!("e2e: paid call failed: {text}");
-                        }
-                    }
+                    failed(e.to_string());
                     // A payer that refuses at once (say, after judging the server untrusted)
                     // must not keep this worker from the timers and sockets of the others.
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -720,19 +736,13 @@ async fn payer(
     channels: usize,
     http: reqwest::Client,
 ) -> Payer<MemStore> {
-    // Twice what the channels need: a deposit whose answer was lost (a timeout, a dropped
-    // connection) is looked for on chain before another is signed (the payer has a chain
-    // reader), but one still in the relayer's queue is not there yet; the opening line counts
-    // every deposit.
+    // Twice what the channels need: a deposit relayed but whose answer was lost (a timeout,
+    // a dropped connection) is signed again on the next call (this payer has no chain reader
+    // to find it with); the opening line counts every deposit.
     let tokens = DEPOSIT * (2 * channels as u128 + 1);
     let key: LocalSigner = chain.funded_payer(seed, tokens).await.unwrap();
-    let reader =
-        paychan_chain::ChainReader::connect(paychan_chain::ChainConfig::dev(chain.rpc_url()))
-            .await
-            .unwrap();
     Payer::builder()
         .signer(key)
-        .chain(reader)
         .store(MemStore::new())
         .spend_policy(
             SpendPolicy::new(PRICE, DEPOSIT).allow_asset(chain.chain_id(), chain.contracts().token),
@@ -783,9 +793,6 @@ fn pct(v: &[u32], per_mille: usize) -> u64 {
     u64::from(v[rank.min(v.len()) - 1])
 }
 
-/// First calls in flight at once in a pass (see [`pass`]).
-const FIRST_CALLS_AT_ONCE: usize = 256;
-
 const WARM: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
@@ -809,27 +816,19 @@ async fn pass(
     let total_ok = Arc::new(AtomicU64::new(0));
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(n as f64 / rate));
     let (go_tx, go) = tokio::sync::watch::channel(false);
-    // At most this many first calls (deposits) at once: the relayer puts deposits on chain one
-    // after another (~30 a second on this dev chain), so 4,096 at once left the last ones
-    // waiting minutes in a silent request, and the server's idle timeout (60 s, no byte either
-    // way) rightly closed them; their channels then deposited again.
-    let opening = Arc::new(tokio::sync::Semaphore::new(FIRST_CALLS_AT_ONCE));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (c, phase, opened, total_ok, mut go, opening) = (
+        let (c, phase, opened, total_ok, mut go) = (
             client.clone(),
             phase.clone(),
             opened.clone(),
             total_ok.clone(),
             go.clone(),
-            opening.clone(),
         );
         set.spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(4096);
             let mut errors = 0u64;
-            let permit = opening.acquire_owned().await;
             let ok = c.call().await;
-            drop(permit);
             total_ok.fetch_add(u64::from(ok), Relaxed);
             opened.fetch_add(1, Relaxed);
             // Wait for the others' first calls: a task looping meanwhile would starve the
