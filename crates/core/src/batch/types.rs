@@ -239,29 +239,72 @@ impl PayloadKind {
     }
 }
 
-/// A map key: `type`, or any other (kept, for the slow path).
-enum Key {
+/// A map key: `type`, or any other (borrowed from the input where it can be).
+enum Key<'de> {
     Type,
-    Other(String),
+    Other(std::borrow::Cow<'de, str>),
 }
 
-impl<'de> Deserialize<'de> for Key {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Key;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a field name")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
                 Ok(if v == "type" {
                     Key::Type
                 } else {
-                    Key::Other(v.to_owned())
+                    Key::Other(v.into())
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(if v == "type" {
+                    Key::Type
+                } else {
+                    Key::Other(v.to_owned().into())
                 })
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// The entries after a leading `type`, handed to the variant's struct: a second `type` is
+/// refused, as the derived internal tagging refused it (a payload must not name two types).
+struct AfterType<A>(A);
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for AfterType<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::{Error as _, value};
+        match self.0.next_key::<Key<'de>>()? {
+            None => Ok(None),
+            Some(Key::Type) => Err(A::Error::duplicate_field("type")),
+            Some(Key::Other(std::borrow::Cow::Borrowed(k))) => seed
+                .deserialize(value::BorrowedStrDeserializer::new(k))
+                .map(Some),
+            Some(Key::Other(std::borrow::Cow::Owned(k))) => seed
+                .deserialize(value::StringDeserializer::new(k))
+                .map(Some),
+        }
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
     }
 }
 
@@ -279,24 +322,23 @@ impl<'de> serde::de::Visitor<'de> for PayloadVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<BatchPayload, A::Error> {
         use serde::de::Error as _;
-        let mut rest = serde_json::Map::new();
-        match map.next_key::<Key>()? {
+        let first = match map.next_key::<Key<'de>>()? {
             Some(Key::Type) => {
                 let kind: PayloadKind = map.next_value()?;
-                return kind.parse(serde::de::value::MapAccessDeserializer::new(map));
+                return kind.parse(serde::de::value::MapAccessDeserializer::new(AfterType(map)));
             }
-            Some(Key::Other(k)) => {
-                rest.insert(k, map.next_value()?);
-            }
+            Some(Key::Other(k)) => k.into_owned(),
             None => return Err(A::Error::missing_field("type")),
-        }
+        };
+        let mut rest = serde_json::Map::new();
+        rest.insert(first, map.next_value()?);
         let mut kind = None;
-        while let Some(k) = map.next_key::<Key>()? {
+        while let Some(k) = map.next_key::<Key<'de>>()? {
             match k {
                 Key::Type if kind.is_some() => return Err(A::Error::duplicate_field("type")),
                 Key::Type => kind = Some(map.next_value::<PayloadKind>()?),
                 Key::Other(k) => {
-                    rest.insert(k, map.next_value()?);
+                    rest.insert(k.into_owned(), map.next_value()?);
                 }
             }
         }
@@ -649,6 +691,26 @@ mod tests {
             &no_type[..no_type.len() - 1]
         );
         assert!(err(twice).to_string().contains("duplicate field `type`"));
+        // `type` first and again later (the fast path), even naming the same type
+        let typed = body(r#""type":"voucher","#);
+        for second in ["deposit", "voucher"] {
+            let json = format!(r#"{},"type":"{second}"}}"#, &typed[..typed.len() - 1]);
+            assert!(json.starts_with(r#"{"type":"voucher","#), "{json}");
+            assert!(
+                err(json.clone())
+                    .to_string()
+                    .contains("duplicate field `type`"),
+                "{json}"
+            );
+        }
+        // an escaped key is not borrowed from the input; it still names its field
+        let escaped =
+            body(r#""type":"voucher","#).replacen("\"voucher\":{", "\"vouc\\u0068er\":{", 1);
+        assert!(escaped.contains(r#""vouc\u0068er":{"#), "{escaped}");
+        assert_eq!(
+            serde_json::from_str::<BatchPayload>(&escaped).unwrap(),
+            sample_payloads()[0]
+        );
         // the fields of another type
         assert!(serde_json::from_str::<BatchPayload>(&body(r#""type":"deposit","#)).is_err());
         assert!(serde_json::from_str::<BatchPayload>("[]").is_err());
