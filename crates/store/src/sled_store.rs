@@ -10,8 +10,8 @@
 //! commits come no faster than the log writes them (light load); otherwise the writer lets
 //! commits gather so that more of them share each `fdatasync`: when a closed loop of channels
 //! is measured, until half of it is staged; else until `group_window` has passed since its last
-//! write (`pace.rs`; BENCHMARKS.md §2 measures the trade). A commit's writes become visible to readers only once
-//! they are durable.
+//! write (`pace.rs`; BENCHMARKS.md §2 measures the trade). A commit's writes become visible to
+//! readers only once they are durable.
 //!
 //! **Checkpoints.** sled is out of the request path. At a checkpoint (every `checkpoint_every`,
 //! when the log passes `checkpoint_bytes` or the overlay `checkpoint_keys`, and on close) the
